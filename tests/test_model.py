@@ -1,0 +1,46 @@
+"""The network matches the paper's architecture (REFERENCE.md section 1)."""
+
+import pytest
+import torch
+
+from mstagger.model import MultiScaleCNN, count_parameters
+
+
+def test_parameter_count_matches_the_paper():
+    model = MultiScaleCNN(n_tags=50, n_mels=128, n_frames=628)
+    assert count_parameters(model) == 2_936_810
+
+
+def test_branch_shapes_and_flattened_size():
+    model = MultiScaleCNN(n_tags=50, n_mels=128, n_frames=628).eval()
+    x = torch.zeros(2, 1, 128, 628)
+    with torch.no_grad():
+        branches = model.branches(x)
+        assert [tuple(b.shape) for b in branches] == [(2, 70, 16, 19)] * 3
+        merged = model.merge(torch.cat(branches, dim=1))
+        assert tuple(merged.shape) == (2, 5040)
+        assert tuple(model(x).shape) == (2, 50)
+    assert model.n_features == 5040
+
+
+def test_batchnorm_dropout_and_init_follow_the_original():
+    model = MultiScaleCNN(n_tags=50)
+    bn, dropout = model.head[0], model.head[1]
+    assert isinstance(bn, torch.nn.BatchNorm1d) and bn.momentum == 0.01 and bn.eps == 1e-3
+    assert isinstance(dropout, torch.nn.Dropout) and dropout.p == 0.4
+    # Glorot-normal: std = sqrt(2 / (fan_in + fan_out)); zero biases.
+    dense = model.head[2]
+    expected = (2 / (5040 + 500)) ** 0.5
+    assert dense.weight.std().item() == pytest.approx(expected, rel=0.05)
+    assert torch.count_nonzero(dense.bias) == 0
+
+
+def test_other_geometry_and_three_dim_input():
+    model = MultiScaleCNN(n_tags=7, n_mels=32, n_frames=128).eval()
+    with torch.no_grad():
+        assert tuple(model(torch.zeros(3, 32, 128)).shape) == (3, 7)
+
+
+def test_too_small_input_is_refused():
+    with pytest.raises(ValueError, match="too small"):
+        MultiScaleCNN(n_tags=5, n_mels=8, n_frames=20)
