@@ -83,7 +83,8 @@ def load_train_data(features: str | Path, prepared: str | Path) -> TrainData:
         tags=tags,
         split=split,
         mean=np.asarray(stats["mean"], dtype=np.float32),
-        std=np.asarray(stats["std"], dtype=np.float32),
+        # A constant mel bin (std 0) would divide by zero; such a bin carries no information anyway.
+        std=np.maximum(np.asarray(stats["std"], dtype=np.float32), 1e-6),
     )
 
 
