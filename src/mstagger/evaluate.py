@@ -1,0 +1,478 @@
+"""Stage ``evaluate``: score the trained network on the test split, beside a simple baseline.
+
+Reads the log-mel spectrograms (``<features>/mel.npy``, memory-mapped), the labels, tag order and split
+(``<prepared>``) and the model bundle (``paths.model``). Writes
+
+- ``<metrics>/test.json``: macro ROC-AUC and PR-AUC of the network, the clip and tag counts, and the
+  baseline's macro scores under ``baseline`` (so ``dvc metrics diff`` shows ``baseline.roc_auc`` beside
+  ``roc_auc``);
+- ``<metrics>/test_per_tag.csv``: per tag, in column order: ``tag, positives, roc_auc, pr_auc,
+  baseline_roc_auc, baseline_pr_auc`` (an empty cell where a score is undefined);
+- plot data and PNGs under ``<plots>`` (see :mod:`mstagger.plots`).
+
+A tag without a positive or without a negative test clip has no ROC-AUC: it is left out of the macro
+averages and counted in ``n_tags_excluded``.
+
+The baseline is a one-vs-rest logistic regression on the mean and standard deviation over time of each
+mel band (``2 * n_mels`` features, standardised with the training split's statistics), trained on the
+training split. It tells how much the network adds over the clip's average spectrum.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.linear_model import LogisticRegression
+from tqdm import tqdm
+
+from mstagger.metrics import macro_scores, per_tag_scores
+from mstagger.params import load_params
+from mstagger.plots import write_csv, write_evaluation_plots
+from mstagger.util import UserError, log, stage_main, timed, write_json
+
+SPLITS = ("train", "valid", "test")
+# Clips read from the memory-mapped spectrograms at a time (128 x 628 float32: ~0.3 MB a clip).
+CHUNK_CLIPS = 256
+# Enough L-BFGS iterations for standardised features; a tag that still stops early is logged.
+BASELINE_MAX_ITER = 1000
+
+Predict = Callable[[np.ndarray], np.ndarray]
+
+
+@dataclass(frozen=True)
+class EvalInputs:
+    """The arrays the stage reads, row-aligned.
+
+    Attributes:
+        mel: (clips, n_mels, n_frames) raw log-mel, usually a read-only memmap.
+        labels: (clips, tags) 0/1.
+        split: (clips,) ``train``, ``valid`` or ``test``.
+        tags: tag names in label column order.
+    """
+
+    mel: np.ndarray
+    labels: np.ndarray
+    split: np.ndarray
+    tags: list[str]
+
+
+def _need(path: Path, stage: str) -> Path:
+    if not path.is_file():
+        raise UserError(f"evaluate: {path} not found; run `dvc repro {stage}` first")
+    return path
+
+
+def load_inputs(features_dir: str | Path, prepared_dir: str | Path) -> EvalInputs:
+    """Open the extract and prepare outputs and check that they line up.
+
+    Args:
+        features_dir: ``params.paths.features`` (``mel.npy``, ``index.csv``).
+        prepared_dir: ``params.paths.prepared`` (``labels.npy``, ``tags.json``, ``split.csv``).
+
+    Returns:
+        The row-aligned inputs; ``mel`` is memory-mapped.
+
+    Raises:
+        UserError: a file is missing or unreadable, or the files disagree (stale outputs).
+    """
+    features_dir, prepared_dir = Path(features_dir), Path(prepared_dir)
+    mel_path = _need(features_dir / "mel.npy", "extract")
+    index_path = _need(features_dir / "index.csv", "extract")
+    labels_path = _need(prepared_dir / "labels.npy", "prepare")
+    tags_path = _need(prepared_dir / "tags.json", "prepare")
+    split_path = _need(prepared_dir / "split.csv", "prepare")
+    try:
+        mel = np.load(mel_path, mmap_mode="r")
+        labels = np.load(labels_path)
+        index = pd.read_csv(index_path, usecols=["clip_id"])
+        split_table = pd.read_csv(split_path, usecols=["clip_id", "split"], dtype={"split": str})
+        tag_doc = json.loads(tags_path.read_text(encoding="utf-8"))
+        tags = [str(t["name"]) for t in tag_doc["tags"]]
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise UserError(
+            f"evaluate: cannot read the inputs in {features_dir} / {prepared_dir}: {err}"
+        ) from None
+    if mel.ndim != 3:
+        raise UserError(f"evaluate: {mel_path} must be (clips, n_mels, n_frames), got shape {mel.shape}")
+    if labels.ndim != 2 or labels.shape[1] != len(tags):
+        raise UserError(
+            f"evaluate: {labels_path} has shape {labels.shape} but {tags_path} names {len(tags)} tags; "
+            "run `dvc repro prepare`"
+        )
+    rows = {str(mel_path): len(mel), str(index_path): len(index), str(labels_path): len(labels)}
+    rows[str(split_path)] = len(split_table)
+    if len(set(rows.values())) != 1:
+        found = ", ".join(f"{p}: {n}" for p, n in rows.items())
+        raise UserError(f"evaluate: the inputs disagree on the number of clips ({found}); run `dvc repro`")
+    if not np.array_equal(index["clip_id"].to_numpy(), split_table["clip_id"].to_numpy()):
+        raise UserError(f"evaluate: {split_path} is not aligned with {index_path}; run `dvc repro prepare`")
+    split = split_table["split"].to_numpy(dtype=str)
+    unknown = sorted(set(split) - set(SPLITS))
+    if unknown:
+        raise UserError(f"evaluate: {split_path} has unknown split names {unknown}; expected {SPLITS}")
+    return EvalInputs(mel=mel, labels=labels, split=split, tags=tags)
+
+
+def align_predict(
+    predict: Predict, model_tags: Sequence[str], tags: Sequence[str], source: str = "the model"
+) -> Predict:
+    """Make a predictor's columns follow ``tags`` (the label order).
+
+    Args:
+        predict: maps (B, n_mels, n_frames) log-mel to (B, len(model_tags)) scores.
+        model_tags: the predictor's output order.
+        tags: the wanted order (``tags.json``).
+        source: names the model in the error message.
+
+    Returns:
+        ``predict`` itself when the orders agree, else a wrapper reordering its columns.
+
+    Raises:
+        UserError: the two tag sets differ (the model was trained on other labels).
+    """
+    model_tags, tags = [str(t) for t in model_tags], [str(t) for t in tags]
+    if model_tags == tags:
+        return predict
+    if sorted(model_tags) != sorted(tags):
+        missing = sorted(set(tags) - set(model_tags))[:5]
+        extra = sorted(set(model_tags) - set(tags))[:5]
+        raise UserError(
+            f"evaluate: {source} predicts other tags than the prepared labels "
+            f"(missing {missing}, extra {extra}); run `dvc repro train`"
+        )
+    order = np.array([model_tags.index(t) for t in tags])
+    return lambda mels: np.asarray(predict(mels))[:, order]
+
+
+def predict_rows(
+    predict: Predict, mel: np.ndarray, rows: np.ndarray, n_tags: int, chunk: int = CHUNK_CLIPS
+) -> np.ndarray:
+    """Run ``predict`` over the given rows of ``mel``, a chunk of clips at a time.
+
+    Args:
+        predict: maps (B, n_mels, n_frames) float32 raw log-mel to (B, n_tags) scores.
+        mel: (clips, n_mels, n_frames), e.g. a memmap.
+        rows: the row indices to score, in output order.
+        n_tags: the expected number of output columns.
+        chunk: clips read and passed to ``predict`` at once.
+
+    Returns:
+        (len(rows), n_tags) float32 scores.
+
+    Raises:
+        UserError: the predictor returned a wrong shape, or NaN/inf (a diverged model).
+    """
+    out = np.empty((len(rows), n_tags), dtype=np.float32)
+    with tqdm(total=len(rows), desc="evaluate: network", unit="clip", leave=False) as bar:
+        for start in range(0, len(rows), chunk):
+            idx = rows[start : start + chunk]
+            scores = np.asarray(predict(np.asarray(mel[idx], dtype=np.float32)))
+            if scores.shape != (len(idx), n_tags):
+                raise UserError(
+                    f"evaluate: the model returned scores of shape {scores.shape} for {len(idx)} clips "
+                    f"and {n_tags} tags; retrain it on the current data (`dvc repro train`)"
+                )
+            out[start : start + len(idx)] = scores
+            bar.update(len(idx))
+    bad = int((~np.isfinite(out)).any(axis=1).sum())
+    if bad:
+        raise UserError(
+            f"evaluate: the model gives NaN or infinite scores for {bad} of {len(rows)} test clips; "
+            "training diverged (try a lower lr or precision: fp32) and retrain"
+        )
+    return out
+
+
+def band_features(mel: np.ndarray, rows: np.ndarray, chunk: int = CHUNK_CLIPS) -> np.ndarray:
+    """Per-band mean and standard deviation over time of each clip's log-mel.
+
+    Args:
+        mel: (clips, n_mels, n_frames), e.g. a memmap; read ``chunk`` clips at a time.
+        rows: the row indices, in output order.
+        chunk: clips read at once.
+
+    Returns:
+        (len(rows), 2 * n_mels) float64: the n_mels band means, then the n_mels band standard deviations.
+    """
+    n_mels = mel.shape[1]
+    out = np.empty((len(rows), 2 * n_mels), dtype=np.float64)
+    with tqdm(total=len(rows), desc="evaluate: baseline features", unit="clip", leave=False) as bar:
+        for start in range(0, len(rows), chunk):
+            idx = rows[start : start + chunk]
+            x = np.asarray(mel[idx], dtype=np.float32)  # (B, n_mels, n_frames)
+            out[start : start + len(idx), :n_mels] = x.mean(axis=2, dtype=np.float64)
+            out[start : start + len(idx), n_mels:] = x.std(axis=2, dtype=np.float64)
+            bar.update(len(idx))
+    return out
+
+
+def baseline_scores(
+    x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, c: float
+) -> tuple[np.ndarray, list[int], list[int]]:
+    """Fit one logistic regression per tag on the training clips and score the test clips.
+
+    Features are standardised with the training clips' mean and standard deviation (a constant feature
+    is left centred, not scaled). A tag with a single class among the training clips cannot be fitted:
+    it scores every test clip with its training prevalence (0 or 1).
+
+    Args:
+        x_train: (train clips, features).
+        y_train: (train clips, tags) 0/1.
+        x_test: (test clips, features).
+        c: inverse L2 regularisation strength (``params.evaluate.baseline_c``).
+
+    Returns:
+        ``(scores, constant, not_converged)``: (test clips, tags) float32 probabilities, the columns
+        given a constant score, and the columns whose fit hit the iteration limit.
+    """
+    if len(x_train) == 0:
+        raise UserError("evaluate: the training split is empty; the baseline cannot be fitted")
+    mean = x_train.mean(axis=0)
+    std = x_train.std(axis=0)
+    std[std < 1e-8] = 1.0
+    xs_train, xs_test = (x_train - mean) / std, (x_test - mean) / std
+    y_train = np.asarray(y_train).astype(np.int64)
+    scores = np.empty((len(x_test), y_train.shape[1]), dtype=np.float32)
+    constant, not_converged = [], []
+    for j in tqdm(range(y_train.shape[1]), desc="evaluate: baseline", unit="tag", leave=False):
+        y = y_train[:, j]
+        if y.min() == y.max():
+            scores[:, j] = float(y.mean())
+            constant.append(j)
+            continue
+        model = LogisticRegression(C=c, solver="lbfgs", max_iter=BASELINE_MAX_ITER)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", ConvergenceWarning)
+            model.fit(xs_train, y)
+        if any(issubclass(w.category, ConvergenceWarning) for w in caught):
+            not_converged.append(j)
+        scores[:, j] = model.predict_proba(xs_test)[:, 1]
+    return scores, constant, not_converged
+
+
+def score_table(y_true: np.ndarray, net: np.ndarray, base: np.ndarray, tags: Sequence[str]) -> pd.DataFrame:
+    """Per-tag scores of the network and the baseline, in column order.
+
+    Returns:
+        Columns ``tag, positives, roc_auc, pr_auc, baseline_roc_auc, baseline_pr_auc`` (NaN where a tag
+        lacks positive or negative clips).
+    """
+    table = per_tag_scores(y_true, net, list(tags))
+    baseline = per_tag_scores(y_true, base, list(tags))
+    table["baseline_roc_auc"] = baseline["roc_auc"].to_numpy()
+    table["baseline_pr_auc"] = baseline["pr_auc"].to_numpy()
+    return table
+
+
+def _number(x: float) -> float | None:
+    """A JSON-safe score: rounded to 6 decimals, None when undefined."""
+    return None if x is None or math.isnan(x) else round(float(x), 6)
+
+
+def evaluate(
+    mel: np.ndarray,
+    labels: np.ndarray,
+    split: np.ndarray,
+    tags: Sequence[str],
+    predict: Predict,
+    metrics_dir: str | Path,
+    plots_dir: str | Path,
+    *,
+    curve_tags: int = 10,
+    baseline_c: float = 1.0,
+    train_log_dir: str | Path | None = None,
+    chunk: int = CHUNK_CLIPS,
+) -> dict[str, Any]:
+    """Score the network and the baseline on the test split and write metrics and plots.
+
+    Args:
+        mel: (clips, n_mels, n_frames) raw log-mel (a memmap is read in chunks).
+        labels: (clips, tags) 0/1, row-aligned with ``mel``.
+        split: (clips,) ``train``, ``valid`` or ``test``.
+        tags: tag names in label column order.
+        predict: maps (B, n_mels, n_frames) float32 raw log-mel to (B, tags) probabilities, columns in
+            ``tags`` order (see :func:`align_predict`).
+        metrics_dir: writes ``test.json`` and ``test_per_tag.csv`` here.
+        plots_dir: writes the plot data and PNGs here.
+        curve_tags: draw ROC and PR curves for this many most frequent scorable tags.
+        baseline_c: inverse L2 strength of the logistic-regression baseline.
+        train_log_dir: the dvclive folder drawn into ``training.png`` (None: no training curves).
+        chunk: clips read from ``mel`` at a time.
+
+    Returns:
+        The content of ``test.json``: ``roc_auc``, ``pr_auc`` (None if no tag is scorable), ``n_clips``,
+        ``n_tags_scored``, ``n_tags_excluded`` and ``baseline`` {``roc_auc``, ``pr_auc``}.
+
+    Raises:
+        UserError: the inputs do not line up, the test or training split is empty, or the network's
+            output is malformed.
+    """
+    tags = [str(t) for t in tags]
+    labels = np.asarray(labels)
+    split = np.asarray(split).astype(str)
+    if not (len(mel) == len(labels) == len(split)) or labels.shape[1] != len(tags):
+        raise UserError(
+            f"evaluate: inputs disagree: mel {mel.shape}, labels {labels.shape}, split {split.shape}, "
+            f"{len(tags)} tags; run `dvc repro`"
+        )
+    test_rows = np.flatnonzero(split == "test")
+    train_rows = np.flatnonzero(split == "train")
+    if len(test_rows) == 0:
+        raise UserError("evaluate: the test split is empty; check the split parameters (split.*)")
+    y_test = labels[test_rows].astype(np.uint8)
+    log.info(
+        "evaluate: %d test clips, %d training clips for the baseline, %d tags",
+        len(test_rows),
+        len(train_rows),
+        len(tags),
+    )
+
+    net = predict_rows(predict, mel, test_rows, len(tags), chunk)
+
+    # One pass over train and test rows, in file order, for the baseline features.
+    rows = np.concatenate([train_rows, test_rows])
+    order = np.argsort(rows, kind="stable")
+    feats = np.empty((len(rows), 2 * mel.shape[1]), dtype=np.float64)
+    feats[order] = band_features(mel, rows[order], chunk)
+    x_train, x_test = feats[: len(train_rows)], feats[len(train_rows) :]
+    base, constant, not_converged = baseline_scores(x_train, labels[train_rows], x_test, baseline_c)
+    if constant:
+        log.warning(
+            "evaluate: baseline: %d tags have a single class in the training split and score their "
+            "prevalence: %s",
+            len(constant),
+            ", ".join(tags[j] for j in constant),
+        )
+    if not_converged:
+        log.warning(
+            "evaluate: baseline: %d tags stopped at %d iterations before converging: %s",
+            len(not_converged),
+            BASELINE_MAX_ITER,
+            ", ".join(tags[j] for j in not_converged),
+        )
+
+    table = score_table(y_test, net, base, tags)
+    net_macro, base_macro = macro_scores(y_test, net), macro_scores(y_test, base)
+    excluded = table.loc[table["roc_auc"].isna(), "tag"].tolist()
+    if excluded:
+        log.warning(
+            "evaluate: %d tags lack positive or negative test clips and are left out of the macro scores: %s",
+            len(excluded),
+            ", ".join(excluded),
+        )
+    result: dict[str, Any] = {
+        "roc_auc": _number(net_macro["roc_auc"]),
+        "pr_auc": _number(net_macro["pr_auc"]),
+        "n_clips": len(test_rows),
+        "n_tags_scored": int(net_macro["n_tags_scored"]),
+        "n_tags_excluded": int(net_macro["n_tags_excluded"]),
+        "baseline": {"roc_auc": _number(base_macro["roc_auc"]), "pr_auc": _number(base_macro["pr_auc"])},
+    }
+    metrics_dir = Path(metrics_dir)
+    write_json(metrics_dir / "test.json", result)
+    write_csv(table, metrics_dir / "test_per_tag.csv")
+    write_evaluation_plots(
+        y_test,
+        net,
+        table,
+        plots_dir,
+        curve_tags,
+        train_log_dir=train_log_dir,
+        macro={
+            "roc_auc": net_macro["roc_auc"],
+            "pr_auc": net_macro["pr_auc"],
+            "baseline_roc_auc": base_macro["roc_auc"],
+            "baseline_pr_auc": base_macro["pr_auc"],
+        },
+    )
+    return result
+
+
+def format_summary(result: dict[str, Any], seconds: float) -> str:
+    """The stage's closing table: network vs baseline, clips, tags and time."""
+
+    def cell(x: float | None) -> str:
+        return "   n/a" if x is None else f"{x:.4f}"
+
+    base = result["baseline"]
+    return "\n".join(
+        [
+            f"evaluate: {result['n_clips']} test clips, {result['n_tags_scored']} tags scored, "
+            f"{result['n_tags_excluded']} excluded, {seconds:.1f} s",
+            "              ROC-AUC  PR-AUC",
+            f"  network      {cell(result['roc_auc'])}   {cell(result['pr_auc'])}",
+            f"  baseline     {cell(base['roc_auc'])}   {cell(base['pr_auc'])}",
+        ]
+    )
+
+
+def resolve_device(device: str) -> str:
+    """Turn ``params.device`` into a torch device name: ``auto`` is CUDA when present, else CPU.
+
+    Raises:
+        UserError: a CUDA device is asked for but none is available.
+    """
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(
+            f"params: device: {device!r} asked for, but no CUDA GPU is available; use auto or cpu"
+        )
+    return device
+
+
+@stage_main
+def main() -> None:
+    """Evaluate the trained model on the test split (params from ``params.yaml``)."""
+    params = load_params()
+    paths = params.paths
+    inputs = load_inputs(paths.features, paths.prepared)
+    from mstagger.bundle import load_bundle  # imported here: it pulls in torch
+
+    device = resolve_device(params.device)
+    bundle = load_bundle(paths.model, device=device)
+    log.info("evaluate: model %s on %s", paths.model, device)
+
+    def bundle_predict(mels: np.ndarray) -> np.ndarray:
+        try:
+            return bundle.predict(mels)
+        except ValueError as err:  # the spectrogram settings changed since training
+            raise UserError(
+                f"evaluate: {paths.model} does not fit the features in {paths.features} ({err}); "
+                "run `dvc repro train`"
+            ) from None
+
+    predict = align_predict(bundle_predict, bundle.tags, inputs.tags, source=paths.model)
+    with timed() as elapsed:
+        result = evaluate(
+            inputs.mel,
+            inputs.labels,
+            inputs.split,
+            inputs.tags,
+            predict,
+            paths.metrics,
+            paths.plots,
+            curve_tags=params.evaluate.curve_tags,
+            baseline_c=params.evaluate.baseline_c,
+            train_log_dir=paths.train_log,
+        )
+        seconds = elapsed()
+    log.info("%s", format_summary(result, seconds))
+    log.info(
+        "evaluate: wrote %s/test.json, %s/test_per_tag.csv and %s/", paths.metrics, paths.metrics, paths.plots
+    )
+
+
+if __name__ == "__main__":
+    main()
