@@ -1,0 +1,340 @@
+"""Tests of the audio front end (mstagger.audio) and the extract stage on tiny generated MP3s."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import re
+from pathlib import Path
+
+import librosa
+import numpy as np
+import pytest
+import soundfile as sf
+
+from mstagger import extract as extract_mod
+from mstagger.audio import AudioError, clip_log_mel, load_audio, log_mel
+from mstagger.extract import _compact, _Target, extract, read_clips
+from mstagger.params import SpectrogramParams
+from mstagger.util import UserError
+
+# librosa.load (the reference computation) imports audioread, which imports modules Python 3.13 drops.
+pytestmark = pytest.mark.filterwarnings("ignore:'(aifc|audioop|sunau)' is deprecated:DeprecationWarning")
+
+SPEC = SpectrogramParams()
+MIN_SECONDS = 20.0
+FILE_RATE = 16000  # MTAT's MP3s are 16 kHz mono
+REAL_MTAT = Path(__file__).resolve().parents[2] / "shared" / "mtat"
+# A few of MTAT's real tag names, in the real header's layout: clip_id, tags..., mp3_path.
+TAGS = ["no voice", "singer", "duet", "plucking", "hard rock"]
+
+
+def _tone(seconds: float, seed: int) -> np.ndarray:
+    """A sine mixture with a little noise, float32 at FILE_RATE."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(seconds * FILE_RATE)) / FILE_RATE
+    f1, f2 = 200.0 + 60 * seed, 1100.0 + 170 * seed
+    x = 0.3 * np.sin(2 * np.pi * f1 * t) + 0.2 * np.sin(2 * np.pi * f2 * t) * (
+        1 + np.sin(2 * np.pi * 0.5 * t)
+    )
+    return (x + 0.02 * rng.standard_normal(t.size)).astype(np.float32)
+
+
+def _write_mp3(path: Path, x: np.ndarray) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sf.write(path, x, FILE_RATE, format="MP3", subtype="MPEG_LAYER_III")
+
+
+def _write_annotations(raw: Path, clips: list[tuple[str, str]]) -> None:
+    """MTAT's annotations_final.csv format: tab-separated, every field quoted, CRLF."""
+
+    def line(fields: list[str]) -> str:
+        return "\t".join(f'"{f}"' for f in fields) + "\r\n"
+
+    text = line(["clip_id", *TAGS, "mp3_path"])
+    for i, (clip_id, mp3_path) in enumerate(clips):
+        text += line([clip_id, *("1" if (i + j) % 3 == 0 else "0" for j in range(len(TAGS))), mp3_path])
+    (raw / "annotations_final.csv").write_bytes(text.encode("utf-8"))
+
+
+# clip_id, mp3_path, how it is made; listed in this order in annotations_final.csv.
+GOOD_30S = ("101", "0/artist_a-album_a-01-song_one-0-30.mp3")
+EMPTY = ("102", "0/artist_a-album_a-01-song_one-30-59.mp3")
+GOOD_29S = ("103", "3/artist_b-album_b-02-song_two-0-29.mp3")
+TRUNCATED = ("104", "3/artist_b-album_b-02-song_two-29-58.mp3")
+SILENT = ("105", "a/artist_c-album_c-03-song_three-0-29.mp3")
+MISSING = ("106", "a/artist_c-album_c-03-song_three-29-58.mp3")
+SHORT_OK = ("107", "f/artist_d-album_d-04-song_four-0-25.mp3")
+GARBAGE = ("108", "f/artist_d-album_d-04-song_four-25-54.mp3")
+ALL = [GOOD_30S, EMPTY, GOOD_29S, TRUNCATED, SILENT, MISSING, SHORT_OK, GARBAGE]
+GOOD = [GOOD_30S, GOOD_29S, SHORT_OK]
+
+
+@pytest.fixture(scope="module")
+def raw(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny MTAT-like raw folder: three good clips and one clip of every kind of breakage."""
+    raw = tmp_path_factory.mktemp("raw")
+    _write_mp3(raw / GOOD_30S[1], _tone(30.0, 1))
+    (raw / EMPTY[1]).write_bytes(b"")
+    _write_mp3(raw / GOOD_29S[1], _tone(29.1, 2))
+    (raw / TRUNCATED[1]).write_bytes((raw / GOOD_30S[1]).read_bytes()[:3000])
+    _write_mp3(raw / SILENT[1], np.zeros(int(29.1 * FILE_RATE), np.float32))
+    _write_mp3(raw / SHORT_OK[1], _tone(25.0, 3))
+    (raw / GARBAGE[1]).write_bytes(b"this is not audio\n" * 500)
+    _write_annotations(raw, ALL)
+    return raw
+
+
+@pytest.fixture(scope="module")
+def extracted(raw: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+    """The extract stage run in-process (workers=1) on ``raw``."""
+    out = tmp_path_factory.mktemp("features")
+    return out, extract(raw, out, SPEC, workers=1, min_seconds=MIN_SECONDS)
+
+
+def _read_csv(path: Path) -> list[dict[str, str]]:
+    with path.open(newline="", encoding="utf-8") as handle:
+        return list(csv.DictReader(handle))
+
+
+def _librosa_reference(path: Path, pad: bool) -> tuple[np.ndarray, int]:
+    """The original code's features: librosa.load at 11025 Hz, melspectrogram, log(max(., 1e-20))."""
+    y, _ = librosa.load(path, sr=SPEC.sample_rate)
+    n = len(y)
+    if pad:
+        y = librosa.util.fix_length(y, size=(SPEC.n_frames - 1) * SPEC.hop_length)
+    mel = librosa.feature.melspectrogram(y=y, sr=SPEC.sample_rate, n_fft=2048, hop_length=512, n_mels=128)
+    return np.log(np.maximum(mel, 1e-20)), n
+
+
+# --- audio.py ---------------------------------------------------------------------------------------
+
+
+def test_n_frames_follows_the_params() -> None:
+    assert SPEC.n_frames == 628  # the paper's 29.1 s at 11025 Hz, hop 512
+    other = SpectrogramParams(sample_rate=16000, n_fft=1024, hop_length=256, n_mels=40, clip_seconds=10.0)
+    assert other.n_frames == 1 + math.ceil(10.0 * 16000 / 256) == 626
+    y = np.random.default_rng(0).standard_normal(16000 * 12).astype(np.float32)
+    assert log_mel(y, other).shape == (40, 626)
+
+
+@pytest.mark.parametrize("seconds", [29.1, 30.0, 25.0])
+def test_log_mel_has_exactly_n_frames(seconds: float) -> None:
+    y = np.random.default_rng(1).standard_normal(int(seconds * SPEC.sample_rate)).astype(np.float32)
+    mel = log_mel(y, SPEC)
+    assert mel.shape == (128, 628)
+    assert mel.dtype == np.float32
+    n_samples = 627 * 512
+    if len(y) >= n_samples:  # longer input is cropped, not resampled or squeezed
+        np.testing.assert_array_equal(mel, log_mel(y[:n_samples], SPEC))
+    elif len(y) + 2048 // 2 <= n_samples:  # zero-padded: frames wholly past the audio sit at the log floor
+        np.testing.assert_allclose(mel[:, -1], np.log(1e-20), rtol=1e-6)
+        assert mel[:, 0].min() > np.log(1e-20) + 10
+
+
+def test_load_audio_resamples_and_mixes_to_mono(tmp_path: Path) -> None:
+    left = np.sin(2 * np.pi * 440 * np.arange(22050) / 22050).astype(np.float32) * 0.5
+    stereo = np.stack([left, np.zeros_like(left)], axis=1)
+    sf.write(tmp_path / "s.wav", stereo, 22050, subtype="FLOAT")
+    y = load_audio(tmp_path / "s.wav", 22050)
+    np.testing.assert_allclose(y, left / 2, atol=1e-7)
+    y = load_audio(tmp_path / "s.wav", 11025)
+    assert y.dtype == np.float32 and len(y) == 11025
+
+
+def test_audio_errors_name_the_reason(tmp_path: Path) -> None:
+    (tmp_path / "empty.mp3").write_bytes(b"")
+    with pytest.raises(AudioError) as err:
+        load_audio(tmp_path / "empty.mp3", 11025)
+    assert err.value.reason == "empty file"
+    with pytest.raises(AudioError, match="missing file"):
+        load_audio(tmp_path / "nope.mp3", 11025)
+    (tmp_path / "junk.mp3").write_bytes(b"junk" * 1000)
+    with pytest.raises(AudioError, match=r"^decode failed: \S"):
+        load_audio(tmp_path / "junk.mp3", 11025)
+
+    sf.write(tmp_path / "short.wav", _tone(2.0, 0), FILE_RATE)
+    with pytest.raises(AudioError) as err:
+        clip_log_mel(tmp_path / "short.wav", SPEC, MIN_SECONDS)
+    assert err.value.reason == "too short: 2.0 s < 20.0 s"
+    sf.write(tmp_path / "silent.wav", np.zeros(FILE_RATE * 21, np.float32), FILE_RATE)
+    with pytest.raises(AudioError, match=r"^silent$"):
+        clip_log_mel(tmp_path / "silent.wav", SPEC, MIN_SECONDS)
+    bad = _tone(21.0, 0)
+    bad[100] = np.nan
+    sf.write(tmp_path / "nan.wav", bad, SPEC.sample_rate, subtype="FLOAT")
+    with pytest.raises(AudioError, match=r"^non-finite samples$"):
+        clip_log_mel(tmp_path / "nan.wav", SPEC, MIN_SECONDS)
+
+
+# --- extract.py: outputs ----------------------------------------------------------------------------
+
+
+def test_extract_writes_memmappable_float16_of_good_clips(extracted: tuple[Path, dict]) -> None:
+    out, summary = extracted
+    mel = np.load(out / "mel.npy", mmap_mode="r")
+    assert isinstance(mel, np.memmap)
+    assert mel.shape == (3, 128, 628)
+    assert mel.dtype == np.float16
+    assert np.isfinite(mel).all()
+    assert not (mel == 0).all(axis=(1, 2)).any()  # no zero-filled rows
+    index = _read_csv(out / "index.csv")
+    assert [(r["row"], r["clip_id"], r["mp3_path"]) for r in index] == [
+        (str(i), cid, path) for i, (cid, path) in enumerate(GOOD)
+    ]
+    assert [float(r["seconds"]) for r in index] == pytest.approx([30.0, 29.1, 25.0], abs=0.1)
+    assert summary["clips_read"] == 8
+    assert summary["extracted"] == 3
+    assert summary["skipped"] == 5
+    assert summary["shape"] == [3, 128, 628]
+    assert summary["dtype"] == "float16"
+    assert summary["workers"] == 1
+    assert json.loads((out / "summary.json").read_text()) == summary
+
+
+def test_broken_clips_are_skipped_with_distinct_reasons(raw: Path, extracted: tuple[Path, dict]) -> None:
+    out, summary = extracted
+    skipped = {r["clip_id"]: r for r in _read_csv(out / "skipped.csv")}
+    assert list(skipped) == [EMPTY[0], TRUNCATED[0], SILENT[0], MISSING[0], GARBAGE[0]]
+    assert skipped[EMPTY[0]]["reason"] == "empty file"
+    assert skipped[EMPTY[0]]["bytes"] == "0"
+    assert re.fullmatch(r"too short: \d+\.\d s < 20\.0 s", skipped[TRUNCATED[0]]["reason"])
+    assert skipped[TRUNCATED[0]]["bytes"] == "3000"
+    assert skipped[SILENT[0]]["reason"] == "silent"
+    assert skipped[MISSING[0]]["reason"] == "missing file"
+    assert skipped[MISSING[0]]["bytes"] == ""
+    assert skipped[GARBAGE[0]]["reason"].startswith("decode failed: ")
+    assert skipped[GARBAGE[0]]["mp3_path"] == GARBAGE[1]
+    assert summary["skipped_reasons"] == {
+        "decode failed": 1,
+        "empty file": 1,
+        "missing file": 1,
+        "silent": 1,
+        "too short": 1,
+    }
+
+
+@pytest.mark.parametrize("clip", GOOD, ids=["30s-cropped", "29.1s", "25s-padded"])
+def test_features_agree_with_direct_librosa(raw: Path, extracted: tuple[Path, dict], clip: tuple) -> None:
+    out, _ = extracted
+    row = GOOD.index(clip)
+    ours = np.load(out / "mel.npy", mmap_mode="r")[row].astype(np.float32)
+    # The original code's way (no fixed length): equal on every frame whose window lies inside the audio.
+    ref, n = _librosa_reference(raw / clip[1], pad=False)
+    inside = [t for t in range(SPEC.n_frames) if t * 512 + 2048 // 2 <= min(n, 627 * 512)]
+    assert len(inside) >= int(MIN_SECONDS * SPEC.sample_rate / 512)
+    np.testing.assert_allclose(ours[:, inside], ref[:, inside], rtol=1e-3, atol=1e-2)
+    # Padded or cropped the same way: equal on all 628 frames, up to float16 rounding.
+    ref_fixed, _ = _librosa_reference(raw / clip[1], pad=True)
+    np.testing.assert_allclose(ours, ref_fixed, rtol=1e-3, atol=1e-2)
+
+
+def test_short_clip_is_padded_not_stretched(extracted: tuple[Path, dict]) -> None:
+    out, _ = extracted
+    mel = np.load(out / "mel.npy", mmap_mode="r")[GOOD.index(SHORT_OK)]  # 25.0 s of audio
+    first_silent = math.ceil((25.0 * SPEC.sample_rate + 1024) / 512)  # first frame wholly past the audio
+    floor = np.float16(np.log(1e-20))
+    assert (mel[:, first_silent:] == floor).all()
+    assert (mel[:, : first_silent - 4] > floor + 10).all()
+
+
+def test_two_workers_give_identical_outputs(raw: Path, extracted: tuple[Path, dict], tmp_path: Path) -> None:
+    out1, _ = extracted
+    summary = extract(raw, tmp_path, SPEC, workers=2, min_seconds=MIN_SECONDS)
+    assert summary["workers"] == 2
+    for name in ("mel.npy", "index.csv", "skipped.csv"):
+        assert (tmp_path / name).read_bytes() == (out1 / name).read_bytes(), name
+
+
+def test_rerun_rewrites_outputs_completely(raw: Path, tmp_path: Path) -> None:
+    raw2 = tmp_path / "raw"
+    for _, path in (GOOD_29S, EMPTY):
+        (raw2 / path).parent.mkdir(parents=True, exist_ok=True)
+        (raw2 / path).write_bytes((raw / path).read_bytes())
+    _write_annotations(raw2, [GOOD_29S, EMPTY])
+    out = tmp_path / "features"
+    out.mkdir()
+    np.save(out / "mel.npy", np.ones((5, 128, 628), np.float16))
+    (out / "index.csv").write_text("stale\n")
+    summary = extract(raw2, out, SPEC, workers=1, min_seconds=MIN_SECONDS)
+    assert summary["extracted"] == 1
+    assert np.load(out / "mel.npy", mmap_mode="r").shape == (1, 128, 628)
+    assert [r["clip_id"] for r in _read_csv(out / "index.csv")] == [GOOD_29S[0]]
+    assert sorted(p.name for p in out.iterdir()) == ["index.csv", "mel.npy", "skipped.csv", "summary.json"]
+
+    # Nothing usable: an error naming skipped.csv, and no stale features left behind.
+    _write_annotations(raw2, [EMPTY])
+    with pytest.raises(UserError, match=r"no clip .* could be extracted.*skipped\.csv"):
+        extract(raw2, out, SPEC, workers=1, min_seconds=MIN_SECONDS)
+    assert sorted(p.name for p in out.iterdir()) == ["skipped.csv", "summary.json"]
+    assert _read_csv(out / "skipped.csv")[0]["reason"] == "empty file"
+
+
+# --- extract.py: pieces -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "keep",
+    [
+        list(range(10)),
+        [1, 2, 3, 4, 5, 6, 7, 8, 9],
+        [0, 1, 2, 5, 6, 9],
+        [0, 9],
+        [3],
+        [0, 1, 2, 3, 4, 5, 6, 7, 8],
+    ],
+)
+def test_compact_keeps_rows_in_place(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, keep: list[int]
+) -> None:
+    monkeypatch.setattr(extract_mod, "COPY_CHUNK_ROWS", 2)  # several chunks per run, overlapping moves
+    data = np.arange(10 * 3 * 4, dtype=np.float16).reshape(10, 3, 4)
+    path = tmp_path / "x.npy"
+    mm = np.lib.format.open_memmap(path, mode="w+", dtype=np.float16, shape=data.shape, version=(1, 0))
+    mm[:] = data
+    target = _Target(str(path), mm.offset, 3 * 4 * 2)
+    mm.flush()
+    del mm
+    _compact(target, keep, (3, 4))
+    np.testing.assert_array_equal(np.load(path), data[keep])
+    assert path.stat().st_size == target.offset + len(keep) * target.row_bytes
+
+
+def test_read_clips_errors(tmp_path: Path) -> None:
+    with pytest.raises(UserError, match=r"annotations_final\.csv not found; run the download stage"):
+        read_clips(tmp_path / "annotations_final.csv")
+    (tmp_path / "a.csv").write_text('"clip_id"\t"guitar"\r\n"1"\t"0"\r\n')
+    with pytest.raises(UserError, match="no mp3_path column"):
+        read_clips(tmp_path / "a.csv")
+    (tmp_path / "b.csv").write_text('"clip_id"\t"mp3_path"\r\n"1"\t"0/x.mp3"\r\n"1"\t"0/y.mp3"\r\n')
+    with pytest.raises(UserError, match="clip_id 1 repeats line 2"):
+        read_clips(tmp_path / "b.csv")
+    (tmp_path / "annotations_final.csv").write_text('"clip_id"\t"mp3_path"\r\n')
+    with pytest.raises(UserError, match="lists no clips"):
+        extract(tmp_path, tmp_path / "out", SPEC, 1, MIN_SECONDS)
+
+
+def test_read_clips_on_real_mtat_annotations() -> None:
+    path = REAL_MTAT / "annotations_final.csv"
+    if not path.exists():
+        pytest.skip(f"real MTAT metadata not available at {path}")
+    clips = read_clips(path)
+    assert len(clips) == 25863
+    assert clips[0].clip_id == "2"
+    # The three empty MP3s of MTAT, at the rows the original code zero-filled.
+    assert clips[16250].mp3_path == "6/norine_braun-now_and_zen-08-gently-117-146.mp3"
+    assert [clips[i].clip_id for i in (16250, 24867, 25546)] == ["35644", "55753", "57881"]
+
+
+def test_main_reports_missing_input_without_traceback(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "params.yaml").write_text("paths:\n  raw: nowhere\n  features: feats\n")
+    with pytest.raises(SystemExit) as exc:
+        extract_mod.main()
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "error: nowhere/annotations_final.csv not found; run the download stage first" in err
+    assert "Traceback" not in err
