@@ -44,7 +44,7 @@ import soundfile as sf
 from scipy import ndimage, signal
 from tqdm import tqdm
 
-from mstagger.params import DemoParams
+from mstagger.params import PAPER_SYNONYMS, DemoParams
 from mstagger.util import atomic_path, write_text
 
 FOLDERS = "0123456789abcdef"
@@ -231,7 +231,7 @@ class Catalogue:
     albums: tuple[str, ...]
     songs: tuple[Song, ...]
     rows: tuple[Clip, ...]  # every clip_info row, in clip-id order
-    tag_names: tuple[str, ...]  # annotation columns (every tag used at least once), sorted
+    tag_names: tuple[str, ...]  # annotation columns (tags used, plus every synonym name), sorted
 
     @property
     def clips(self) -> tuple[Clip, ...]:
@@ -634,7 +634,8 @@ def _annotate(recipe: Recipe, prefs: dict[str, str], rng: np.random.Generator) -
     diligence = rng.uniform(0.8, 1.15)
     tags: set[str] = set()
     for concept, p in recipe.concepts:
-        if rng.random() >= p * diligence:
+        # Recall of a true concept: between p and 1 (crowd tags miss some, but the demo must stay learnable).
+        if rng.random() >= (0.5 + 0.5 * p) * diligence:
             continue
         options = SPELLINGS.get(concept)
         if options is None:
@@ -648,6 +649,33 @@ def _annotate(recipe: Recipe, prefs: dict[str, str], rng: np.random.Generator) -
         if rng.random() < 0.08:  # some annotators give two spellings
             tags.add(options[int(rng.choice(len(options), p=w / w.sum()))][0])
     return tuple(sorted(tags))
+
+
+def _album_folders(n_artists: int, albums_per_artist: int, rng: np.random.Generator) -> list[str]:
+    """Folder of each album, in (artist, album) order: all 16 folders used, each about equally.
+
+    Folders are dealt by a seeded shuffle, then repaired so that, where the numbers allow, every artist
+    keeps an album in the training folders 0-b of the folder split: a style that appears only in
+    valid or test could not be learnt from the demo's few songs.
+    """
+    n_albums = n_artists * albums_per_artist
+    order = np.concatenate([rng.permutation(16) for _ in range(-(-n_albums // 16))])[:n_albums]
+    folders = [FOLDERS[int(i)] for i in order]
+    held_out = set(FOLDERS[12:])  # c (valid), d-f (test)
+    for a in range(n_artists):
+        mine = range(a * albums_per_artist, (a + 1) * albums_per_artist)
+        if any(folders[i] not in held_out for i in mine):
+            continue
+        # Swap with a training album of an artist that has more than one training album.
+        for other in range(n_albums):
+            owner = range(
+                other // albums_per_artist * albums_per_artist,
+                (other // albums_per_artist + 1) * albums_per_artist,
+            )
+            if folders[other] not in held_out and sum(folders[i] not in held_out for i in owner) > 1:
+                folders[mine[0]], folders[other] = folders[other], folders[mine[0]]
+                break
+    return folders
 
 
 def plan_catalogue(params: DemoParams, seed: int) -> Catalogue:
@@ -667,7 +695,7 @@ def plan_catalogue(params: DemoParams, seed: int) -> Catalogue:
     rng = np.random.default_rng([seed, 0])
     style_order = rng.permutation(len(STYLES))
     n_albums = params.n_artists * params.albums_per_artist
-    folder_order = np.concatenate([rng.permutation(16) for _ in range(-(-n_albums // 16))])
+    folder_order = _album_folders(params.n_artists, params.albums_per_artist, rng)
     clip_id = int(rng.integers(2, 10))
     n_songs = n_albums * params.songs_per_album
     # Songs with one listed segment that has no audio, as in MTAT (a couple per 32 songs).
@@ -686,7 +714,7 @@ def plan_catalogue(params: DemoParams, seed: int) -> Catalogue:
         for b in range(params.albums_per_artist):
             variant = VARIANTS[style][(b + variant_shift) % 2]
             album = _unique(arng, lambda s=style, v=variant, r=arng: _album_name(r, s, v), taken_albums)
-            folder = FOLDERS[int(folder_order[len(albums)])]
+            folder = folder_order[len(albums)]
             albums.append(album)
             tracks = np.sort(arng.choice(max(12, params.songs_per_album), params.songs_per_album, False)) + 1
             taken_titles: set[str] = set()
@@ -731,7 +759,8 @@ def plan_catalogue(params: DemoParams, seed: int) -> Catalogue:
         ("empty", "truncated"), picks[n_untagged : n_untagged + params.broken_clips], strict=False
     ):
         rows[audio[i]] = dataclasses.replace(rows[audio[i]], broken=kind)
-    tag_names = tuple(sorted({t for r in rows for t in r.tags}))
+    # Like MTAT, the table has a column for every synonym name, also the ones no clip of this seed uses.
+    tag_names = tuple(sorted({t for r in rows for t in r.tags} | {n for g in PAPER_SYNONYMS for n in g}))
     return Catalogue(tuple(artists), tuple(albums), tuple(songs), tuple(rows), tag_names)
 
 

@@ -87,8 +87,8 @@ class PathsParams:
 class DemoParams:
     n_artists: int = 8
     albums_per_artist: int = 2
-    songs_per_album: int = 2
-    clips_per_song: int = 4
+    songs_per_album: int = 4
+    clips_per_song: int = 2
     sample_rate: int = 16000
     broken_clips: int = 2
 
@@ -224,6 +224,7 @@ class Params:
     device: str = "auto"
     precision: str = "bf16"
     num_workers: int = 0
+    bn_recalibration_clips: int = 2048
     paths: PathsParams = PathsParams()
     demo: DemoParams = DemoParams()
     download: DownloadParams = DownloadParams()
@@ -255,6 +256,10 @@ class Params:
             _fail("device", f"must be auto, cpu, cuda or cuda:N, got {self.device!r}")
         if self.precision not in PRECISIONS:
             _fail("precision", f"must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        if self.bn_recalibration_clips < 0 or self.bn_recalibration_clips == 1:
+            _fail(
+                "bn_recalibration_clips", f"must be 0 (off) or at least 2, got {self.bn_recalibration_clips}"
+            )
         if self.num_workers < 0:
             _fail("num_workers", f"must be non-negative, got {self.num_workers}")
 
