@@ -321,7 +321,10 @@ def test_main_end_to_end(tmp_path, monkeypatch, capsys):
             raise UserError(f"bundle: {path} not found; run `dvc repro train`")
         return FakeBundle(labels)
 
-    monkeypatch.setitem(sys.modules, "mstagger.bundle", types.SimpleNamespace(load_bundle=load_bundle))
+    from mstagger.bundle import resolve_device
+
+    fake = types.SimpleNamespace(load_bundle=load_bundle, resolve_device=resolve_device)
+    monkeypatch.setitem(sys.modules, "mstagger.bundle", fake)
     monkeypatch.chdir(tmp_path)
 
     with pytest.raises(SystemExit) as exit_info:

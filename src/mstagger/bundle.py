@@ -40,6 +40,17 @@ def git_revision(cwd: str | Path = ".") -> str:
     return f"{rev}-dirty" if dirty else rev
 
 
+def resolve_device(name: str) -> torch.device:
+    """``auto`` -> CUDA when present, else CPU; anything else as given (CUDA must exist)."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(
+            f"params: device: {name!r} asked for, but no CUDA device is available; use auto or cpu"
+        )
+    return torch.device(name)
+
+
 @dataclass
 class Bundle:
     """A trained tagger ready for inference (see :func:`load_bundle`)."""

@@ -415,32 +415,15 @@ def format_summary(result: dict[str, Any], seconds: float) -> str:
     )
 
 
-def resolve_device(device: str) -> str:
-    """Turn ``params.device`` into a torch device name: ``auto`` is CUDA when present, else CPU.
-
-    Raises:
-        UserError: a CUDA device is asked for but none is available.
-    """
-    import torch
-
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(
-            f"params: device: {device!r} asked for, but no CUDA GPU is available; use auto or cpu"
-        )
-    return device
-
-
 @stage_main
 def main() -> None:
     """Evaluate the trained model on the test split (params from ``params.yaml``)."""
     params = load_params()
     paths = params.paths
     inputs = load_inputs(paths.features, paths.prepared)
-    from mstagger.bundle import load_bundle  # imported here: it pulls in torch
+    from mstagger.bundle import load_bundle, resolve_device  # imported here: it pulls in torch
 
-    device = resolve_device(params.device)
+    device = str(resolve_device(params.device))
     bundle = load_bundle(paths.model, device=device)
     log.info("evaluate: model %s on %s", paths.model, device)
 

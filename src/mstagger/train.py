@@ -20,7 +20,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from mstagger.bundle import git_revision, save_bundle
+from mstagger.bundle import git_revision, resolve_device, save_bundle
 from mstagger.metrics import macro_scores
 from mstagger.model import MultiScaleCNN, count_parameters
 from mstagger.params import Params, load_params
@@ -34,15 +34,6 @@ def lr_at(epoch: int, base_lr: float, milestones: list[int], gamma: float) -> fl
     31-35 base_lr/100 and 36 on base_lr/1000 ("divided by 10 after epochs 20, 30 and 35").
     """
     return base_lr * gamma ** sum(1 for m in milestones if epoch > m)
-
-
-def resolve_device(name: str) -> torch.device:
-    """``auto`` -> CUDA when present, else CPU; anything else as given (CUDA must exist)."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(f"params: device: {name!r} asked for, but no CUDA device is available; use auto")
-    return torch.device(name)
 
 
 @dataclass
