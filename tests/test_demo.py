@@ -57,16 +57,23 @@ def _files(root: Path) -> dict[str, bytes]:
 # --- the plan (no audio): folders, labels, names ------------------------------------------------------
 
 
-def test_default_plan_puts_one_album_in_each_of_the_16_folders() -> None:
+def test_default_plan_puts_two_albums_in_each_of_the_16_folders() -> None:
     catalogue = plan_catalogue(DemoParams(), SEED)
     folder_of_album: dict[tuple[str, str], set[str]] = {}
     for song in catalogue.songs:
         folder_of_album.setdefault((song.artist, song.album), set()).add(song.folder)
-    assert len(folder_of_album) == 16
+    assert len(folder_of_album) == 32
     assert all(len(folders) == 1 for folders in folder_of_album.values())
-    assert sorted(f for (f,) in folder_of_album.values()) == sorted(FOLDERS)
+    assert sorted(f for (f,) in folder_of_album.values()) == sorted(2 * FOLDERS)
     for clip in catalogue.clips:  # every clip sits in its song's (album's) folder
         assert clip.mp3_path.split("/")[0] == catalogue.songs[clip.song].folder
+
+
+def test_every_artist_and_variant_keeps_an_album_in_the_training_folders() -> None:
+    for seed in range(20):
+        catalogue = plan_catalogue(DemoParams(), seed)
+        trained = {(s.artist, s.recipe.variant) for s in catalogue.songs if s.folder < "c"}
+        assert trained == {(s.artist, s.recipe.variant) for s in catalogue.songs}
 
 
 def test_fewer_albums_use_as_many_folders_and_the_folder_is_seeded() -> None:

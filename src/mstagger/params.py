@@ -86,8 +86,8 @@ class PathsParams:
 @dataclass(frozen=True)
 class DemoParams:
     n_artists: int = 8
-    albums_per_artist: int = 2
-    songs_per_album: int = 4
+    albums_per_artist: int = 4
+    songs_per_album: int = 2
     clips_per_song: int = 2
     sample_rate: int = 16000
     broken_clips: int = 2
