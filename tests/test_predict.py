@@ -76,3 +76,11 @@ def test_cli_reports_bad_files_and_a_missing_model(bundle_path, tmp_path, capsys
     assert str(good) in captured.out
     assert cli_main(["predict", str(good), "--model", str(tmp_path / "none.pt")]) == 2
     assert "not found" in capsys.readouterr().err
+
+
+def test_cli_device_auto_and_bad_top(bundle_path, tmp_path, capsys):
+    song = tone(tmp_path / "song.wav", 4.0)
+    assert cli_main(["predict", str(song), "--model", str(bundle_path), "--device", "auto"]) == 0
+    with pytest.raises(SystemExit):
+        cli_main(["predict", str(song), "--model", str(bundle_path), "--top", "0"])
+    assert "--top must be at least 1" in capsys.readouterr().err

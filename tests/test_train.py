@@ -151,3 +151,19 @@ def test_non_finite_loss_stops_training_and_keeps_the_last_good_model(tmp_path):
     with pytest.raises(UserError, match="training loss became nan"):
         train(broken, small_params(epochs=1), out / "model.pt", out / "log2", "rev")
     assert (out / "model.pt").read_bytes() == good
+
+
+def test_batch_dataset_pickles_a_memmap_as_its_path(tmp_path):
+    import pickle
+
+    from mstagger.train import BatchDataset
+
+    path = tmp_path / "mel.npy"
+    np.save(path, np.ones((64, N_MELS, N_FRAMES), np.float16))
+    mel = np.load(path, mmap_mode="r")
+    dataset = BatchDataset(mel, np.zeros((64, N_TAGS), np.uint8), [np.arange(4)])
+    blob = pickle.dumps(dataset)
+    assert len(blob) < mel.nbytes / 10  # the path travels, not the array
+    clone = pickle.loads(blob)
+    assert isinstance(clone.mel, np.memmap)
+    assert torch.equal(clone[0][0], dataset[0][0])

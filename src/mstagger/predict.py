@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from mstagger.audio import AudioError, load_clip, log_mel
-from mstagger.bundle import Bundle, load_bundle
+from mstagger.bundle import Bundle, load_bundle, resolve_device
 from mstagger.util import UserError
 
 MIN_SECONDS = 1.0  # shorter files are refused: mostly padding, the tags would mean little
@@ -62,10 +62,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", type=Path, default=Path("models/model.pt"), help="model bundle")
     parser.add_argument("--top", type=int, default=10, help="tags to print per file (default 10)")
     parser.add_argument("--json", action="store_true", help="print one JSON object: every tag's probability")
-    parser.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N")
+    parser.add_argument("--device", default="cpu", help="cpu (default), auto, cuda or cuda:N")
     args = parser.parse_args(argv)
+    if args.top < 1:
+        parser.error(f"--top must be at least 1, got {args.top}")
     try:
-        bundle = load_bundle(args.model, device=args.device)
+        bundle = load_bundle(args.model, device=str(resolve_device(args.device)))
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -159,7 +159,10 @@ def main(argv: list[str] | None = None) -> int:
             seed=seed,
         )
     except (UserError, ParamsError) as err:
-        print(f"error: {err}", file=sys.stderr)
+        message = str(err)
+        if args.top_n is not None:  # the value came from the flag, not from params.yaml
+            message = message.replace("tags.top_n", "--top-n")
+        print(f"error: {message}", file=sys.stderr)
         return 2
     if args.json:
         print(json.dumps({k: report[k] for k in ("tags", "split_sizes", "leakage")}))

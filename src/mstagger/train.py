@@ -62,7 +62,7 @@ def load_train_data(features: str | Path, prepared: str | Path) -> TrainData:
         split = pd.read_csv(prepared / "split.csv", dtype={"split": str})["split"].to_numpy()
         stats = json.loads((prepared / "stats.json").read_text())
     except FileNotFoundError as err:
-        raise UserError(f"{err.filename} not found; run `dvc repro prepare` first") from None
+        raise UserError(f"{err.filename} not found; run `dvc repro` (extract and prepare) first") from None
     if not (len(mel) == len(labels) == len(split)) or labels.shape[1] != len(tags):
         raise UserError(
             f"{features} and {prepared} disagree: {len(mel)} spectrograms, labels {labels.shape}, "
@@ -84,6 +84,19 @@ class BatchDataset(torch.utils.data.Dataset):
 
     def __init__(self, mel: np.ndarray, labels: np.ndarray, batches: list[np.ndarray]) -> None:
         self.mel, self.labels, self.batches = mel, labels, batches
+
+    def __getstate__(self) -> dict:
+        # DataLoader workers started by spawn/forkserver get this object pickled: send the memmap's
+        # path, not the 4.2 GB it maps (pickling an np.memmap copies its data).
+        state = self.__dict__.copy()
+        if isinstance(self.mel, np.memmap) and self.mel.filename:
+            state["mel"] = str(self.mel.filename)
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        if isinstance(state["mel"], str):
+            state["mel"] = np.load(state["mel"], mmap_mode="r")
+        self.__dict__.update(state)
 
     def __len__(self) -> int:
         return len(self.batches)
@@ -124,6 +137,7 @@ class Trainer:
         self.mean = torch.as_tensor(data.mean, device=device)[None, None, :, None]  # (1, 1, M, 1)
         self.std = torch.as_tensor(data.std, device=device)[None, None, :, None]
         self.bf16 = params.precision == "bf16"
+        self.saved_any = False  # whether a bundle of this run has been written
 
     def inputs(self, mels: torch.Tensor) -> torch.Tensor:
         """Raw float16 log-mel (B, M, T) -> normalised float32 (B, 1, M, T), channels-last, on device."""
@@ -155,9 +169,14 @@ class Trainer:
                 logits = self.model(x)
             loss = nn.functional.binary_cross_entropy_with_logits(logits.float(), target)
             if not torch.isfinite(loss):
+                kept = (
+                    f"the best model so far is kept at {p.paths.model}"
+                    if self.saved_any
+                    else "no model was written"
+                )
                 raise UserError(
-                    f"training loss became {loss.item()} at epoch {epoch}, step {step}; the last good "
-                    f"model is kept at {p.paths.model}. Lower lr (now {p.lr}) or check the inputs"
+                    f"training loss became {loss.item()} at epoch {epoch}, step {step}; {kept}. "
+                    f"Lower lr (now {p.lr}) or check the inputs"
                 )
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -293,7 +312,10 @@ def train(data: TrainData, params: Params, model_path: Path, log_dir: Path, git_
                     {**best, "epochs": params.epochs, "precision": params.precision},
                     git_rev,
                 )
+                trainer.saved_any = True
             live.next_step()
+        if not best:
+            raise UserError("no epoch gave a finite validation loss; no model was written. Check the inputs")
         live.summary["best"] = best
         seconds = elapsed()
     summary = {
