@@ -20,11 +20,9 @@ training split. It tells how much the network adds over the clip's average spect
 
 from __future__ import annotations
 
-import json
 import math
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -34,92 +32,18 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression
 from tqdm import tqdm
 
-from mstagger.metrics import macro_scores, per_tag_scores
+from mstagger.artifacts import load_inputs
+from mstagger.metrics import macro_from_table, per_tag_scores
 from mstagger.params import load_params
 from mstagger.plots import write_csv, write_evaluation_plots
 from mstagger.util import UserError, log, stage_main, timed, write_json
 
-SPLITS = ("train", "valid", "test")
 # Clips read from the memory-mapped spectrograms at a time (128 x 628 float32: ~0.3 MB a clip).
 CHUNK_CLIPS = 256
 # Enough L-BFGS iterations for standardised features; a tag that still stops early is logged.
 BASELINE_MAX_ITER = 1000
 
 Predict = Callable[[np.ndarray], np.ndarray]
-
-
-@dataclass(frozen=True)
-class EvalInputs:
-    """The arrays the stage reads, row-aligned.
-
-    Attributes:
-        mel: (clips, n_mels, n_frames) raw log-mel, usually a read-only memmap.
-        labels: (clips, tags) 0/1.
-        split: (clips,) ``train``, ``valid`` or ``test``.
-        tags: tag names in label column order.
-    """
-
-    mel: np.ndarray
-    labels: np.ndarray
-    split: np.ndarray
-    tags: list[str]
-
-
-def _need(path: Path, stage: str) -> Path:
-    if not path.is_file():
-        raise UserError(f"evaluate: {path} not found; run `dvc repro {stage}` first")
-    return path
-
-
-def load_inputs(features_dir: str | Path, prepared_dir: str | Path) -> EvalInputs:
-    """Open the extract and prepare outputs and check that they line up.
-
-    Args:
-        features_dir: ``params.paths.features`` (``mel.npy``, ``index.csv``).
-        prepared_dir: ``params.paths.prepared`` (``labels.npy``, ``tags.json``, ``split.csv``).
-
-    Returns:
-        The row-aligned inputs; ``mel`` is memory-mapped.
-
-    Raises:
-        UserError: a file is missing or unreadable, or the files disagree (stale outputs).
-    """
-    features_dir, prepared_dir = Path(features_dir), Path(prepared_dir)
-    mel_path = _need(features_dir / "mel.npy", "extract")
-    index_path = _need(features_dir / "index.csv", "extract")
-    labels_path = _need(prepared_dir / "labels.npy", "prepare")
-    tags_path = _need(prepared_dir / "tags.json", "prepare")
-    split_path = _need(prepared_dir / "split.csv", "prepare")
-    try:
-        mel = np.load(mel_path, mmap_mode="r")
-        labels = np.load(labels_path)
-        index = pd.read_csv(index_path, usecols=["clip_id"])
-        split_table = pd.read_csv(split_path, usecols=["clip_id", "split"], dtype={"split": str})
-        tag_doc = json.loads(tags_path.read_text(encoding="utf-8"))
-        tags = [str(t["name"]) for t in tag_doc["tags"]]
-    except (OSError, ValueError, KeyError, TypeError) as err:
-        raise UserError(
-            f"evaluate: cannot read the inputs in {features_dir} / {prepared_dir}: {err}"
-        ) from None
-    if mel.ndim != 3:
-        raise UserError(f"evaluate: {mel_path} must be (clips, n_mels, n_frames), got shape {mel.shape}")
-    if labels.ndim != 2 or labels.shape[1] != len(tags):
-        raise UserError(
-            f"evaluate: {labels_path} has shape {labels.shape} but {tags_path} names {len(tags)} tags; "
-            "run `dvc repro prepare`"
-        )
-    rows = {str(mel_path): len(mel), str(index_path): len(index), str(labels_path): len(labels)}
-    rows[str(split_path)] = len(split_table)
-    if len(set(rows.values())) != 1:
-        found = ", ".join(f"{p}: {n}" for p, n in rows.items())
-        raise UserError(f"evaluate: the inputs disagree on the number of clips ({found}); run `dvc repro`")
-    if not np.array_equal(index["clip_id"].to_numpy(), split_table["clip_id"].to_numpy()):
-        raise UserError(f"evaluate: {split_path} is not aligned with {index_path}; run `dvc repro prepare`")
-    split = split_table["split"].to_numpy(dtype=str)
-    unknown = sorted(set(split) - set(SPLITS))
-    if unknown:
-        raise UserError(f"evaluate: {split_path} has unknown split names {unknown}; expected {SPLITS}")
-    return EvalInputs(mel=mel, labels=labels, split=split, tags=tags)
 
 
 def align_predict(
@@ -361,7 +285,8 @@ def evaluate(
         )
 
     table = score_table(y_test, net, base, tags)
-    net_macro, base_macro = macro_scores(y_test, net), macro_scores(y_test, base)
+    net_macro = macro_from_table(table, "roc_auc", "pr_auc")
+    base_macro = macro_from_table(table, "baseline_roc_auc", "baseline_pr_auc")
     excluded = table.loc[table["roc_auc"].isna(), "tag"].tolist()
     if excluded:
         log.warning(

@@ -42,6 +42,21 @@ def per_tag_scores(y_true: np.ndarray, y_score: np.ndarray, tags: list[str]) -> 
     return pd.DataFrame(rows, columns=["tag", "positives", "roc_auc", "pr_auc"])
 
 
+def macro_from_table(table: pd.DataFrame, roc_col: str = "roc_auc", pr_col: str = "pr_auc") -> dict:
+    """Macro averages of a per-tag table (as :func:`per_tag_scores` returns), over the scorable tags.
+
+    Returns:
+        ``roc_auc``, ``pr_auc`` (NaN if no tag is scorable), ``n_tags_scored``, ``n_tags_excluded``.
+    """
+    scored = table.dropna(subset=[roc_col])
+    return {
+        "roc_auc": float(scored[roc_col].mean()) if len(scored) else float("nan"),
+        "pr_auc": float(scored[pr_col].mean()) if len(scored) else float("nan"),
+        "n_tags_scored": len(scored),
+        "n_tags_excluded": len(table) - len(scored),
+    }
+
+
 def macro_scores(y_true: np.ndarray, y_score: np.ndarray) -> dict[str, float | int]:
     """Macro-average ROC-AUC and PR-AUC over the tags that have both classes.
 
@@ -52,14 +67,8 @@ def macro_scores(y_true: np.ndarray, y_score: np.ndarray) -> dict[str, float | i
     Returns:
         ``roc_auc``, ``pr_auc`` (NaN if no tag is scorable), ``n_tags_scored``, ``n_tags_excluded``.
     """
-    table = per_tag_scores(y_true, y_score, [str(j) for j in range(np.asarray(y_true).shape[1])])
-    scored = table.dropna(subset=["roc_auc"])
-    return {
-        "roc_auc": float(scored["roc_auc"].mean()) if len(scored) else float("nan"),
-        "pr_auc": float(scored["pr_auc"].mean()) if len(scored) else float("nan"),
-        "n_tags_scored": len(scored),
-        "n_tags_excluded": len(table) - len(scored),
-    }
+    tags = [str(j) for j in range(np.asarray(y_true).shape[1])]
+    return macro_from_table(per_tag_scores(y_true, y_score, tags))
 
 
 def roc_points(truth: np.ndarray, score: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

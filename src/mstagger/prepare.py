@@ -35,12 +35,12 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
+from mstagger.artifacts import SPLITS
 from mstagger.params import SPLIT_METHODS, ParamsError, load_params
 from mstagger.util import UserError, atomic_path, log, stage_main, timed, write_json
 
 ANNOTATIONS_FILE = "annotations_final.csv"
 CLIP_INFO_FILE = "clip_info_final.csv"
-SPLITS = ("train", "valid", "test")
 # The trailing "-<start>-<end>.mp3" of an MTAT clip file name; what precedes it names the song.
 _SEGMENT_SUFFIX = re.compile(r"-\d+-\d+\.mp3$", re.IGNORECASE)
 _RUN_EXTRACT = "; run the extract stage first (dvc repro extract)"
@@ -477,6 +477,36 @@ class Prepared:
     summary: dict[str, Any] = field(default_factory=dict)
 
 
+def tag_and_split(
+    clips: pd.DataFrame,
+    clip_info: pd.DataFrame | None,
+    *,
+    synonyms: Sequence[Sequence[str]],
+    top_n: int,
+    method: str,
+    valid_size: float,
+    test_size: float,
+    seed: int,
+) -> tuple[list[str], pd.DataFrame, list[tuple[str, int]], pd.DataFrame, pd.Series]:
+    """Merge synonyms, rank the tags and split the clips: the steps ``prepare`` and ``mstagger tags`` share.
+
+    Args:
+        clips: annotation rows (``clip_id``, the tag columns, ``mp3_path``), in output order.
+        clip_info: from :func:`read_clip_info`, or None to take artists and albums from file names.
+        synonyms, top_n: as ``tags.synonyms`` and ``tags.top_n``.
+        method, valid_size, test_size, seed: as ``split.*`` and ``seed``.
+
+    Returns:
+        (tag names read, merged tag table, top-N (name, count), clip meta, split per clip).
+    """
+    tag_names = [c for c in clips.columns if c not in ("clip_id", "mp3_path")]
+    merged = merge_synonyms(clips[tag_names], synonyms)
+    top = top_n_tags(merged, top_n)
+    meta = clip_meta(clips[["clip_id", "mp3_path"]], clip_info)
+    split = make_split(meta, method, valid_size, test_size, seed)
+    return tag_names, merged, top, meta, split
+
+
 def prepare(
     annotations_path: str | Path,
     clip_info_path: str | Path,
@@ -556,13 +586,17 @@ def prepare(
         n_skipped = int(annotations["clip_id"].isin(skipped_ids).sum())
         n_not_extracted = len(annotations) - len(index) - n_skipped
 
-        tag_names = [c for c in annotations.columns if c not in ("clip_id", "mp3_path")]
-        merged = merge_synonyms(kept[tag_names].reset_index(drop=True), synonyms)
-        top = top_n_tags(merged, top_n)
+        tag_names, merged, top, meta, split = tag_and_split(
+            kept.reset_index(),  # clip_id back to a column, rows in index.csv order
+            clip_info,
+            synonyms=synonyms,
+            top_n=top_n,
+            method=method,
+            valid_size=valid_size,
+            test_size=test_size,
+            seed=seed,
+        )
         labels = np.ascontiguousarray(merged[[name for name, _ in top]].to_numpy(dtype=np.uint8))
-
-        meta = clip_meta(index[["clip_id", "mp3_path"]], clip_info)
-        split = make_split(meta, method, valid_size, test_size, seed)
         sizes = split_sizes(split)
         leaks = leakage(meta, split)
         train_rows = index["row"].to_numpy()[(split == "train").to_numpy()]

@@ -15,16 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from mstagger.params import PARAMS_FILE, SPLIT_METHODS, Params, ParamsError, load_params
-from mstagger.prepare import (
-    clip_meta,
-    leakage,
-    make_split,
-    merge_synonyms,
-    read_annotations,
-    read_clip_info,
-    split_sizes,
-    top_n_tags,
-)
+from mstagger.prepare import leakage, read_annotations, read_clip_info, split_sizes, tag_and_split
 from mstagger.util import UserError
 
 
@@ -90,11 +81,16 @@ def tag_report(
     """
     annotations = read_annotations(annotations_path)
     clip_info = read_clip_info(clip_info_path) if clip_info_path is not None else None
-    tag_names = [c for c in annotations.columns if c not in ("clip_id", "mp3_path")]
-    merged = merge_synonyms(annotations[tag_names], synonyms)
-    top = top_n_tags(merged, top_n)
-    meta = clip_meta(annotations, clip_info)
-    split = make_split(meta, method, valid_size, test_size, seed)
+    tag_names, merged, top, meta, split = tag_and_split(
+        annotations,
+        clip_info,
+        synonyms=synonyms,
+        top_n=top_n,
+        method=method,
+        valid_size=valid_size,
+        test_size=test_size,
+        seed=seed,
+    )
     return {
         "clips": len(annotations),
         "tags_read": len(tag_names),

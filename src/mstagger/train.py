@@ -7,7 +7,6 @@ best validation ROC-AUC is written as the model bundle. Per-epoch curves go to d
 
 from __future__ import annotations
 
-import json
 import math
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass
@@ -15,11 +14,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 import torch
 from torch import nn
 from tqdm import tqdm
 
+from mstagger.artifacts import load_inputs, load_stats
 from mstagger.bundle import git_revision, resolve_device, save_bundle
 from mstagger.metrics import macro_scores
 from mstagger.model import MultiScaleCNN, count_parameters
@@ -53,29 +52,11 @@ class TrainData:
 
 
 def load_train_data(features: str | Path, prepared: str | Path) -> TrainData:
-    """Open the extract and prepare outputs (the spectrograms stay memory-mapped)."""
-    features, prepared = Path(features), Path(prepared)
-    try:
-        mel = np.load(features / "mel.npy", mmap_mode="r")
-        labels = np.load(prepared / "labels.npy")
-        tags = [t["name"] for t in json.loads((prepared / "tags.json").read_text())["tags"]]
-        split = pd.read_csv(prepared / "split.csv", dtype={"split": str})["split"].to_numpy()
-        stats = json.loads((prepared / "stats.json").read_text())
-    except FileNotFoundError as err:
-        raise UserError(f"{err.filename} not found; run `dvc repro` (extract and prepare) first") from None
-    if not (len(mel) == len(labels) == len(split)) or labels.shape[1] != len(tags):
-        raise UserError(
-            f"{features} and {prepared} disagree: {len(mel)} spectrograms, labels {labels.shape}, "
-            f"{len(split)} split rows, {len(tags)} tags; re-run `dvc repro`"
-        )
+    """Open the extract and prepare outputs, checked for alignment (the spectrograms stay memory-mapped)."""
+    inputs = load_inputs(features, prepared)
+    mean, std = load_stats(prepared)
     return TrainData(
-        mel=mel,
-        labels=labels,
-        tags=tags,
-        split=split,
-        mean=np.asarray(stats["mean"], dtype=np.float32),
-        # A constant mel bin (std 0) would divide by zero; such a bin carries no information anyway.
-        std=np.maximum(np.asarray(stats["std"], dtype=np.float32), 1e-6),
+        mel=inputs.mel, labels=inputs.labels, tags=inputs.tags, split=inputs.split, mean=mean, std=std
     )
 
 
