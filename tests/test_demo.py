@@ -11,11 +11,8 @@ import pytest
 import soundfile as sf
 from scipy import signal
 
+from mstagger.dataset import ANNOTATIONS_FILE, AUDIO_FOLDERS, CLIP_INFO_COLUMNS, CLIP_INFO_FILE
 from mstagger.demo import (
-    ANNOTATIONS_FILE,
-    CLIP_INFO_COLUMNS,
-    CLIP_INFO_FILE,
-    FOLDERS,
     SPELLINGS,
     generate_demo,
     merged_tag_counts,
@@ -64,7 +61,7 @@ def test_default_plan_puts_two_albums_in_each_of_the_16_folders() -> None:
         folder_of_album.setdefault((song.artist, song.album), set()).add(song.folder)
     assert len(folder_of_album) == 32
     assert all(len(folders) == 1 for folders in folder_of_album.values())
-    assert sorted(f for (f,) in folder_of_album.values()) == sorted(2 * FOLDERS)
+    assert sorted(f for (f,) in folder_of_album.values()) == sorted(2 * AUDIO_FOLDERS)
     for clip in catalogue.clips:  # every clip sits in its song's (album's) folder
         assert clip.mp3_path.split("/")[0] == catalogue.songs[clip.song].folder
 

@@ -49,26 +49,20 @@ import soundfile as sf
 from scipy import ndimage, signal
 from tqdm import tqdm
 
+from mstagger.dataset import (
+    ANNOTATIONS_FILE,
+    AUDIO_FOLDERS,
+    CLIP_INFO_COLUMNS,
+    CLIP_INFO_FILE,
+    CSV_FILES,
+    FOLDER_SPLIT,
+    format_line,
+)
 from mstagger.params import PAPER_SYNONYMS, DemoParams
 from mstagger.util import atomic_path, write_text
 
-FOLDERS = "0123456789abcdef"
 SEGMENT_SECONDS = 29  # MTAT's nominal segment length (segmentEnd - segmentStart)
 CLIP_SECONDS = 29.3  # audio written per clip; decodes to >= 29.2 s, above the extractor's 29.1 s
-ANNOTATIONS_FILE = "annotations_final.csv"
-CLIP_INFO_FILE = "clip_info_final.csv"
-CLIP_INFO_COLUMNS = (
-    "clip_id",
-    "track_number",
-    "title",
-    "artist",
-    "album",
-    "url",
-    "segmentStart",
-    "segmentEnd",
-    "original_url",
-    "mp3_path",
-)
 URL_HOST = "http://demo.mstagger.invalid"  # a reserved, never-resolving host: the demo links nowhere
 UNTAGGED_FRACTION = 0.04  # clips whose annotators gave no tag at all (MTAT: 16%)
 TRUNCATED_SECONDS = 1.5  # audio left in the truncated broken clip
@@ -663,9 +657,10 @@ def _album_folders(n_artists: int, albums_per_artist: int, rng: np.random.Genera
     that appears only in valid or test could not be learnt from the demo's few songs.
     """
     n_albums = n_artists * albums_per_artist
-    order = np.concatenate([rng.permutation(16) for _ in range(-(-n_albums // 16))])[:n_albums]
-    folders = [FOLDERS[int(i)] for i in order]
-    held_out = set(FOLDERS[12:])  # c (valid), d-f (test)
+    n_folders = len(AUDIO_FOLDERS)
+    order = np.concatenate([rng.permutation(n_folders) for _ in range(-(-n_albums // n_folders))])[:n_albums]
+    folders = [AUDIO_FOLDERS[int(i)] for i in order]
+    held_out = {folder for folder, part in FOLDER_SPLIT.items() if part != "train"}
     artist = [i // albums_per_artist for i in range(n_albums)]
     variant = [(i // albums_per_artist, i % albums_per_artist % 2) for i in range(n_albums)]
 
@@ -1639,30 +1634,25 @@ def synthesise_song(song: Song, sample_rate: int, seed: int) -> np.ndarray:
 # ---------------------------------------------------------------------------------------------------
 
 
-def _csv_line(values: list[str] | tuple[str, ...]) -> str:
-    """One line as MTAT writes it: every field double-quoted, tab-separated, CRLF."""
-    return "\t".join(f'"{v}"' for v in values) + "\r\n"
-
-
 def annotations_text(catalogue: Catalogue) -> str:
     """``annotations_final.csv``: clip_id, one 0/1 column per tag, mp3_path; clips with audio only."""
-    lines = [_csv_line(("clip_id", *catalogue.tag_names, "mp3_path"))]
+    lines = [format_line(("clip_id", *catalogue.tag_names, "mp3_path"))]
     for clip in catalogue.clips:
         on = set(clip.tags)
         flags = ["1" if t in on else "0" for t in catalogue.tag_names]
-        lines.append(_csv_line((str(clip.clip_id), *flags, clip.mp3_path)))
+        lines.append(format_line((str(clip.clip_id), *flags, clip.mp3_path)))
     return "".join(lines)
 
 
 def clip_info_text(catalogue: Catalogue) -> str:
     """``clip_info_final.csv``: one row per segment, with empty URL and path where there is no audio."""
-    lines = [_csv_line(CLIP_INFO_COLUMNS)]
+    lines = [format_line(CLIP_INFO_COLUMNS)]
     for clip in catalogue.rows:
         song = catalogue.songs[clip.song]
         album_url = f"{URL_HOST}/artists/albums/{slugify(song.artist)}-{slugify(song.album)}/"
         audio_url = f"{URL_HOST}/all/{song.track:02d}--{song.title.replace(' ', '%20')}.mp3"
         lines.append(
-            _csv_line(
+            format_line(
                 (
                     str(clip.clip_id),
                     f"{song.track:02d}",
@@ -1725,10 +1715,10 @@ def generate_demo(out_dir: Path, params: DemoParams, seed: int, workers: int | N
     start = time.perf_counter()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    for name in FOLDERS:
+    for name in AUDIO_FOLDERS:
         if (out_dir / name).is_dir():
             shutil.rmtree(out_dir / name)
-    for name in (ANNOTATIONS_FILE, CLIP_INFO_FILE):
+    for name in CSV_FILES:
         (out_dir / name).unlink(missing_ok=True)
     catalogue = plan_catalogue(params, seed)
     for folder in sorted({s.folder for s in catalogue.songs}):
