@@ -14,15 +14,17 @@ from scipy import signal
 from mstagger.dataset import ANNOTATIONS_FILE, AUDIO_FOLDERS, CLIP_INFO_COLUMNS, CLIP_INFO_FILE
 from mstagger.demo import (
     SPELLINGS,
+    Catalogue,
     generate_demo,
-    merged_tag_counts,
     plan_catalogue,
     slugify,
     synthesise_song,
 )
-from mstagger.params import PAPER_SYNONYMS, DemoParams
+from mstagger.params import DemoParams, load_params
+from mstagger.prepare import merge_synonyms
 
 MTAT = Path(__file__).resolve().parents[2] / "shared" / "mtat"
+SYNONYMS = load_params(Path(__file__).resolve().parents[1] / "params.yaml").tags.synonyms
 TINY = DemoParams(n_artists=2, albums_per_artist=1, songs_per_album=1, clips_per_song=2, broken_clips=2)
 SEED = 1337
 PATH_RE = re.compile(r"^[0-9a-f]/[a-z0-9_]+-[a-z0-9_]+-\d\d-[a-z0-9_]+-(\d+)-(\d+)\.mp3$")
@@ -45,6 +47,13 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
     (out / ANNOTATIONS_FILE).write_text("old")
     summary = generate_demo(out, TINY, SEED)
     return out, summary
+
+
+def _merged_counts(catalogue: Catalogue) -> dict[str, int]:
+    """Clips per tag after the pipeline's synonym merge, most frequent first; tags on no clip left out."""
+    flags = pd.DataFrame({t: [int(t in c.tags) for c in catalogue.clips] for t in catalogue.tag_names})
+    counts = merge_synonyms(flags, SYNONYMS).sum()
+    return dict(sorted(((t, int(n)) for t, n in counts.items() if n), key=lambda kv: (-kv[1], kv[0])))
 
 
 def _files(root: Path) -> dict[str, bytes]:
@@ -82,23 +91,31 @@ def test_fewer_albums_use_as_many_folders_and_the_folder_is_seeded() -> None:
 
 def test_default_plan_has_enough_merged_tags_for_top_50() -> None:
     catalogue = plan_catalogue(DemoParams(), SEED)
-    counts = list(merged_tag_counts(catalogue, PAPER_SYNONYMS).values())
+    counts = list(_merged_counts(catalogue).values())
     assert len(counts) >= 56
     assert counts[49] >= 6, "the 50th most frequent merged tag must sit on at least 6 clips"
     for seed in range(5):  # other seeds too: still a valid top 50
-        counts = list(merged_tag_counts(plan_catalogue(DemoParams(), seed), PAPER_SYNONYMS).values())
+        counts = list(_merged_counts(plan_catalogue(DemoParams(), seed)).values())
         assert len(counts) >= 56 and counts[49] >= 5
 
 
 def test_synonyms_are_used_inconsistently_so_merging_matters() -> None:
     catalogue = plan_catalogue(DemoParams(), SEED)
     raw = set(catalogue.tag_names)
-    merging = [g[0] for g in PAPER_SYNONYMS if len(raw & set(g)) >= 2]
+    merging = [g[0] for g in SYNONYMS if len(raw & set(g)) >= 2]
     assert len(merging) >= 15, merging
     # merging really ORs clips: a merged count exceeds the count of its most used spelling
     raw_counts = {t: sum(t in c.tags for c in catalogue.clips) for t in raw}
-    merged = merged_tag_counts(catalogue, PAPER_SYNONYMS)
-    assert any(merged[g[0]] > max(raw_counts.get(t, 0) for t in g) for g in PAPER_SYNONYMS if g[0] in merged)
+    merged = _merged_counts(catalogue)
+    assert any(merged[g[0]] > max(raw_counts.get(t, 0) for t in g) for g in SYNONYMS if g[0] in merged)
+
+
+def test_every_synonym_name_is_an_annotation_column() -> None:
+    """prepare merges params.yaml's synonym groups and needs each name as a column, used or not."""
+    names = {name for group in SYNONYMS for name in group}
+    for params in (TINY, DemoParams()):
+        for seed in range(3):
+            assert names <= set(plan_catalogue(params, seed).tag_names)
 
 
 def test_labels_are_sparse_like_crowd_annotations() -> None:
