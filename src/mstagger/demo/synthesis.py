@@ -9,6 +9,7 @@ _TABLE = 4096  # wavetable length
 
 
 def hz(midi: float) -> float:
+    """Frequency of a MIDI pitch, Hz (69: the A above middle C, 440 Hz)."""
     return 440.0 * 2.0 ** ((midi - 69.0) / 12.0)
 
 
