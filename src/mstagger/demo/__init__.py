@@ -29,11 +29,19 @@ tuned noise and sweeps. A song is synthesised continuously and cut into consecut
 
 Everything derives from the seed: the same seed and parameters give byte-identical files.
 
-The modules, in the order the data flows: :mod:`~mstagger.demo.styles` (a style's recipe: line-up,
-tempo, key, loudness and the concepts they make true), :mod:`~mstagger.demo.catalogue` (artists,
-albums, songs, clips, folders and crowd labels, without audio), :mod:`~mstagger.demo.arrangement` (a
-song's score and parts, the room, the master), :mod:`~mstagger.demo.instruments` (note templates) over
-:mod:`~mstagger.demo.synthesis` (signal primitives), and :mod:`~mstagger.demo.files` (MP3s and CSVs).
+The package, in the order the data flows:
+
+- :mod:`~mstagger.demo.styles`: a style's variants as a table of small recipe builders (line-up,
+  tempo, key, loudness) and the tag concepts a recipe makes true.
+- :mod:`~mstagger.demo.catalogue`: artists, albums, songs, clips, their folders and crowd labels,
+  planned without audio.
+- :mod:`~mstagger.demo.arrangement`: a song's score, its parts rendered by a table of per-role
+  renderers, the room and the master.
+- :mod:`~mstagger.demo.instruments`: a table of per-instrument note makers and the cached note
+  templates, over :mod:`~mstagger.demo.synthesis` (oscillators, envelopes, Karplus-Strong).
+- :mod:`~mstagger.demo.files`: MP3 clips and the two CSVs; :func:`generate_demo`.
+- :mod:`~mstagger.demo.randomness`: the seeded draws the modules share.
+
 MTAT's format itself (file names, folders, the folder split, the CSV lines) comes from
 :mod:`mstagger.dataset`.
 """

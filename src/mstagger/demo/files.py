@@ -42,28 +42,29 @@ def annotations_text(catalogue: Catalogue) -> str:
 
 
 def clip_info_text(catalogue: Catalogue) -> str:
-    """``clip_info_final.csv``: one row per segment, with empty URL and path where there is no audio."""
+    """``clip_info_final.csv``: one row per segment, with empty URL and path where there is no audio.
+
+    The columns and their order are :data:`mstagger.dataset.CLIP_INFO_COLUMNS`; a column the demo
+    does not fill is a ``KeyError`` here rather than a shifted file.
+    """
     lines = [format_line(CLIP_INFO_COLUMNS)]
     for clip in catalogue.rows:
         song = catalogue.songs[clip.song]
         album_url = f"{URL_HOST}/artists/albums/{slugify(song.artist)}-{slugify(song.album)}/"
         audio_url = f"{URL_HOST}/all/{song.track:02d}--{song.title.replace(' ', '%20')}.mp3"
-        lines.append(
-            format_line(
-                (
-                    str(clip.clip_id),
-                    f"{song.track:02d}",
-                    song.title,
-                    song.artist,
-                    song.album,
-                    album_url,
-                    str(clip.start),
-                    str(clip.end),
-                    audio_url if clip.mp3_path else "",
-                    clip.mp3_path,
-                )
-            )
-        )
+        row = {
+            "clip_id": str(clip.clip_id),
+            "track_number": f"{song.track:02d}",
+            "title": song.title,
+            "artist": song.artist,
+            "album": song.album,
+            "url": album_url,
+            "segmentStart": str(clip.start),
+            "segmentEnd": str(clip.end),
+            "original_url": audio_url if clip.mp3_path else "",
+            "mp3_path": clip.mp3_path,
+        }
+        lines.append(format_line(row[column] for column in CLIP_INFO_COLUMNS))
     return "".join(lines)
 
 

@@ -77,7 +77,7 @@ class Recipe:
     parts: tuple[Part, ...]
     bpm: float
     tonic: int  # pitch class of the key, 0 = C
-    mode: str  # a key of SCALES
+    mode: str  # a key of arrangement.SCALES
     level: str  # loud, normal or soft
     reverb: float  # wet gain of the room
     concepts: tuple[tuple[str, float], ...]  # (concept, chance an annotator names it on a clip)
