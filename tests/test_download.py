@@ -22,26 +22,16 @@ from pathlib import Path
 import pytest
 import yaml
 
+from helpers import REPO, SHARED_MTAT, make_params, repo_params_dict
 from mstagger import download
-from mstagger.download import (
-    AUDIO_FOLDERS,
-    MTAT_CSVS,
-    MTAT_FILES,
-    MTAT_PARTS,
-    SUMMARY_NAME,
-    ArchiveError,
-    download_mtat,
-    extract_zip,
-    fetch,
-    link_local,
-    make_raw,
-    open_parts,
-)
-from mstagger.params import DownloadParams, Params, load_params
+from mstagger import fetch as fetch_mod
+from mstagger.archive import ArchiveError, extract_zip, open_parts
+from mstagger.dataset import ARCHIVE_PARTS, AUDIO_FOLDERS, CSV_FILES
+from mstagger.download import MTAT_FILES, SUMMARY_NAME, download_mtat, link_local, make_raw
+from mstagger.fetch import fetch
+from mstagger.params import DownloadParams, load_params
 from mstagger.util import UserError
 
-REPO = Path(__file__).resolve().parents[1]
-SHARED_MTAT = Path(__file__).resolve().parents[2] / "shared" / "mtat"
 BACKOFF = 0.01
 
 
@@ -183,7 +173,7 @@ def make_zip(members: dict[str, bytes], compression: int = zipfile.ZIP_DEFLATED)
 
 def split3(data: bytes) -> dict[str, bytes]:
     a, b = len(data) // 2, len(data) * 3 // 4
-    return dict(zip(MTAT_PARTS, (data[:a], data[a:b], data[b:]), strict=True))
+    return dict(zip(ARCHIVE_PARTS, (data[:a], data[a:b], data[b:]), strict=True))
 
 
 def fake_files(members: dict[str, bytes]) -> dict[str, bytes]:
@@ -194,10 +184,10 @@ def fake_files(members: dict[str, bytes]) -> dict[str, bytes]:
 
 
 def real_files(members: dict[str, bytes]) -> dict[str, bytes]:
-    if not all((SHARED_MTAT / name).is_file() for name in MTAT_CSVS):
+    if not all((SHARED_MTAT / name).is_file() for name in CSV_FILES):
         pytest.skip(f"the real MTAT CSV files are not in {SHARED_MTAT}")
     files = split3(make_zip(members))
-    for name in MTAT_CSVS:
+    for name in CSV_FILES:
         files[name] = (SHARED_MTAT / name).read_bytes()
     return files
 
@@ -222,7 +212,7 @@ def assert_layout(raw: Path, members: dict[str, bytes], files: dict[str, bytes])
     assert sorted(p.name for p in raw.iterdir() if p.is_dir()) == sorted(AUDIO_FOLDERS)
     for name, data in members.items():
         assert (raw / name).read_bytes() == data, name
-    for name in MTAT_CSVS:
+    for name in CSV_FILES:
         assert sha((raw / name).read_bytes()) == sha(files[name])
 
 
@@ -233,9 +223,9 @@ def test_make_raw_downloads_joins_and_extracts_the_mtat_layout(server, tmp_path)
     members = fake_members()
     files = real_files(members)
     pins = load_params(REPO / "params.yaml").download.sha256 or {}
-    sums = {**checksums(files), **{name: pins[name] for name in MTAT_CSVS}}  # the CSVs' published values
+    sums = {**checksums(files), **{name: pins[name] for name in CSV_FILES}}  # the CSVs' published values
     server.state.files = files
-    params = Params(dataset="mtat", download=dl_params(server.base_url, tmp_path, files, sha256=sums))
+    params = make_params(dataset="mtat", download=dl_params(server.base_url, tmp_path, files, sha256=sums))
     raw = tmp_path / "data" / "raw"
 
     summary = make_raw(params, raw, backoff=BACKOFF, progress=False)
@@ -254,7 +244,7 @@ def test_make_raw_downloads_joins_and_extracts_the_mtat_layout(server, tmp_path)
 def test_rerun_downloads_nothing_and_rebuilds_the_folder(server, tmp_path):
     members = fake_members()
     server.state.files = files = fake_files(members)
-    params = Params(dataset="mtat", download=dl_params(server.base_url, tmp_path, files))
+    params = make_params(dataset="mtat", download=dl_params(server.base_url, tmp_path, files))
     raw = tmp_path / "raw"
     make_raw(params, raw, backoff=BACKOFF, progress=False)
     assert len(server.hits) == 5
@@ -387,7 +377,7 @@ def test_a_corrupted_cached_file_is_set_aside_and_fetched_again(server, blob, tm
 
 def test_connection_errors_are_retried_with_exponential_backoff(server, blob, tmp_path, monkeypatch):
     delays: list[float] = []
-    monkeypatch.setattr(download, "_sleep", delays.append)
+    monkeypatch.setattr(fetch_mod, "_sleep", delays.append)
     server.plan("blob.bin", "reset", "500", "ok")
 
     result = fetch(server.url("blob.bin"), tmp_path / "b", sha(blob), retries=3, timeout=5.0, backoff=0.5)
@@ -464,7 +454,7 @@ def test_an_archive_that_is_not_a_zip_is_a_clear_error_and_leaves_raw_alone(serv
     raw = tmp_path / "data" / "raw"
     raw.mkdir(parents=True)
     (raw / "previous.txt").write_text("the last good build")
-    params = Params(dataset="mtat", download=dl_params(server.base_url, tmp_path, files))
+    params = make_params(dataset="mtat", download=dl_params(server.base_url, tmp_path, files))
 
     with pytest.raises(
         ArchiveError, match=r"mp3\.zip\.001\+mp3\.zip\.002\+mp3\.zip\.003 is not a readable zip"
@@ -526,7 +516,7 @@ def local_mtat(tmp_path):
     for name, data in members.items():
         (local / name).parent.mkdir(parents=True, exist_ok=True)
         (local / name).write_bytes(data)
-    for name in MTAT_CSVS:
+    for name in CSV_FILES:
         (local / name).write_bytes(files[name])
     return local, members, files
 
@@ -534,7 +524,7 @@ def local_mtat(tmp_path):
 def test_local_dir_is_verified_and_hardlinked(local_mtat, tmp_path):
     local, members, files = local_mtat
     # Nothing listens on this port: any download attempt would fail.
-    params = Params(
+    params = make_params(
         dataset="mtat",
         download=dl_params("http://127.0.0.1:9/", tmp_path, files, local_dir=str(local), retries=1),
     )
@@ -581,10 +571,10 @@ def test_local_dir_problems_are_clear_errors(local_mtat, tmp_path):
 
 def test_cache_or_local_dir_inside_raw_is_refused(tmp_path):
     raw = tmp_path / "raw"
-    inside = Params(dataset="mtat", download=DownloadParams(cache_dir=str(raw / "cache")))
+    inside = make_params(dataset="mtat", download=DownloadParams(cache_dir=str(raw / "cache")))
     with pytest.raises(UserError, match=r"cache_dir .* lies inside paths\.raw"):
         make_raw(inside, raw)
-    overlap = Params(dataset="mtat", download=DownloadParams(local_dir=str(raw)))
+    overlap = make_params(dataset="mtat", download=DownloadParams(local_dir=str(raw)))
     with pytest.raises(UserError, match=r"local_dir .* lies inside paths\.raw"):
         make_raw(overlap, raw)
 
@@ -602,7 +592,7 @@ def test_demo_dataset_calls_the_generator_and_writes_the_summary(tmp_path, monke
         return {"clips": 1}
 
     monkeypatch.setitem(sys.modules, "mstagger.demo", types.SimpleNamespace(generate_demo=generate_demo))
-    params = Params(dataset="demo", seed=7)
+    params = make_params(dataset="demo", seed=7)
     raw = tmp_path / "raw"
 
     summary = make_raw(params, raw)
@@ -614,7 +604,7 @@ def test_demo_dataset_calls_the_generator_and_writes_the_summary(tmp_path, monke
 
 
 def write_params(tmp_path: Path, download_section: dict) -> None:
-    text = yaml.safe_dump({"dataset": "mtat", "paths": {"raw": "data/raw"}, "download": download_section})
+    text = yaml.safe_dump({**repo_params_dict(), "dataset": "mtat", "download": download_section})
     (tmp_path / "params.yaml").write_text(text)
 
 
@@ -623,7 +613,7 @@ def test_main_on_mtat_builds_paths_raw(server, tmp_path, monkeypatch):
     files = real_files(members)
     server.state.files = files
     sums = {**checksums(files), **(load_params(REPO / "params.yaml").download.sha256 or {})}
-    sums.update({name: sha(files[name]) for name in MTAT_PARTS})
+    sums.update({name: sha(files[name]) for name in ARCHIVE_PARTS})
     write_params(tmp_path, {"base_url": server.base_url, "cache_dir": ".cache/mtat", "sha256": sums})
     monkeypatch.chdir(tmp_path)
 

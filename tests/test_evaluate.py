@@ -9,7 +9,9 @@ import types
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 
+from helpers import merged, repo_params_dict
 from mstagger import evaluate as ev
 from mstagger.plots import PLOT_FILES, plot_training, select_curve_tags
 from mstagger.util import UserError
@@ -111,35 +113,6 @@ def test_random_predictor_scores_about_half(tmp_path):
     assert result["pr_auc"] == pytest.approx(0.3, abs=0.04)  # average precision of noise = prevalence
     assert result["baseline"]["roc_auc"] == pytest.approx(0.5, abs=0.06)
     assert result["n_tags_excluded"] == 0
-
-
-def test_baseline_single_class_in_train_gets_prevalence():
-    rng = np.random.default_rng(3)
-    x_train = rng.normal(size=(40, 4))
-    x_test = rng.normal(size=(10, 4))
-    y_train = np.zeros((40, 3), dtype=np.uint8)
-    y_train[:, 0] = x_train[:, 0] > 0  # learnable
-    y_train[:, 2] = 1  # all positive
-    scores, constant, _ = ev.baseline_scores(x_train, y_train, x_test, c=1.0)
-    assert scores.shape == (10, 3) and scores.dtype == np.float32
-    assert constant == [1, 2]
-    assert np.all(scores[:, 1] == 0.0) and np.all(scores[:, 2] == 1.0)
-    # The fitted tag follows its feature, and refitting is deterministic.
-    assert np.corrcoef(scores[:, 0], x_test[:, 0])[0, 1] > 0.9
-    again, _, _ = ev.baseline_scores(x_train, y_train, x_test, c=1.0)
-    np.testing.assert_array_equal(scores, again)
-    with pytest.raises(UserError, match="training split is empty"):
-        ev.baseline_scores(x_train[:0], y_train[:0], x_test, c=1.0)
-
-
-def test_band_features_chunking_and_row_order():
-    mel, _, _ = make_data()
-    rows = np.array([7, 2, 30, 11, 0])
-    feats = ev.band_features(mel, rows, chunk=2)
-    x = mel[rows].astype(np.float32)
-    np.testing.assert_allclose(feats[:, :6], x.mean(axis=2), rtol=1e-6)
-    np.testing.assert_allclose(feats[:, 6:], x.std(axis=2), rtol=1e-5)
-    np.testing.assert_array_equal(feats, ev.band_features(mel, rows, chunk=100))
 
 
 def test_plot_files(tmp_path):
@@ -311,7 +284,8 @@ class FakeBundle:
 def test_main_end_to_end(tmp_path, monkeypatch, capsys):
     mel, labels, split = make_data()
     write_stage_inputs(tmp_path, mel, labels, split)
-    (tmp_path / "params.yaml").write_text("device: cpu\nevaluate:\n  curve_tags: 2\n")
+    params = merged(repo_params_dict(), {"device": "cpu", "evaluate": {"curve_tags": 2}})
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     write_tsv(tmp_path / "metrics" / "train" / "plots" / "metrics" / "train" / "loss.tsv", "loss", [0.7, 0.5])
     calls = []
 
@@ -345,19 +319,18 @@ def test_main_end_to_end(tmp_path, monkeypatch, capsys):
 
 def test_main_with_a_real_bundle(tmp_path, monkeypatch, capsys):
     torch = pytest.importorskip("torch")
-    from mstagger.bundle import save_bundle
+    from mstagger.bundle import Tagger, save_bundle
     from mstagger.model import MultiScaleCNN
     from mstagger.params import SpectrogramParams
 
     mel, labels, split = make_data(n_mels=16, n_frames=64)
     write_stage_inputs(tmp_path, mel, labels, split)
-    (tmp_path / "params.yaml").write_text("device: cpu\n")
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({**repo_params_dict(), "device": "cpu"}))
     torch.manual_seed(0)
     model = MultiScaleCNN(n_tags=len(TAGS), n_mels=16, n_frames=64, hidden=8)
-    stats = np.zeros(16), np.ones(16)
-    save_bundle(
-        tmp_path / "models" / "model.pt", model, TAGS, *stats, SpectrogramParams(n_mels=16), {}, {}, "t"
-    )
+    tagger = Tagger(model, np.zeros(16), np.ones(16))
+    path = tmp_path / "models" / "model.pt"
+    save_bundle(path, tagger, TAGS, SpectrogramParams(n_mels=16), "fp32", {}, {}, "t")
     monkeypatch.chdir(tmp_path)
     ev.main()
     result = json.loads((tmp_path / "metrics" / "test.json").read_text())

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import os
 import re
 from pathlib import Path
 
@@ -12,10 +13,13 @@ import librosa
 import numpy as np
 import pytest
 import soundfile as sf
+import yaml
 
+from helpers import SHARED_MTAT, repo_params_dict
 from mstagger import extract as extract_mod
+from mstagger import rowfile
 from mstagger.audio import AudioError, clip_log_mel, load_audio, log_mel
-from mstagger.extract import _compact, _Target, extract, read_clips
+from mstagger.extract import extract, read_clips
 from mstagger.params import SpectrogramParams
 from mstagger.util import UserError
 
@@ -25,7 +29,7 @@ pytestmark = pytest.mark.filterwarnings("ignore:'(aifc|audioop|sunau)' is deprec
 SPEC = SpectrogramParams()
 MIN_SECONDS = 20.0
 FILE_RATE = 16000  # MTAT's MP3s are 16 kHz mono
-REAL_MTAT = Path(__file__).resolve().parents[2] / "shared" / "mtat"
+REAL_MTAT = SHARED_MTAT
 # A few of MTAT's real tag names, in the real header's layout: clip_id, tags..., mp3_path.
 TAGS = ["no voice", "singer", "duet", "plucking", "hard rock"]
 
@@ -288,29 +292,31 @@ def test_rerun_rewrites_outputs_completely(raw: Path, tmp_path: Path) -> None:
 def test_compact_keeps_rows_in_place(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, keep: list[int]
 ) -> None:
-    monkeypatch.setattr(extract_mod, "COPY_CHUNK_ROWS", 2)  # several chunks per run, overlapping moves
+    monkeypatch.setattr(rowfile, "COPY_CHUNK_ROWS", 2)  # several chunks per run, overlapping moves
     data = np.arange(10 * 3 * 4, dtype=np.float16).reshape(10, 3, 4)
     path = tmp_path / "x.npy"
-    mm = np.lib.format.open_memmap(path, mode="w+", dtype=np.float16, shape=data.shape, version=(1, 0))
-    mm[:] = data
-    target = _Target(str(path), mm.offset, 3 * 4 * 2)
-    mm.flush()
-    del mm
-    _compact(target, keep, (3, 4))
+    rows = rowfile.create(path, 10, (3, 4), np.float16)
+    fd = os.open(path, os.O_WRONLY)
+    for i in range(10):
+        rowfile.write_row(fd, rows, i, data[i])
+    os.close(fd)
+    rowfile.compact(rows, keep)
     np.testing.assert_array_equal(np.load(path), data[keep])
-    assert path.stat().st_size == target.offset + len(keep) * target.row_bytes
+    assert path.stat().st_size == rows.offset + len(keep) * rows.row_bytes
 
 
 def test_read_clips_errors(tmp_path: Path) -> None:
-    with pytest.raises(UserError, match=r"annotations_final\.csv not found; run the download stage"):
-        read_clips(tmp_path / "annotations_final.csv")
-    (tmp_path / "a.csv").write_text('"clip_id"\t"guitar"\r\n"1"\t"0"\r\n')
-    with pytest.raises(UserError, match="no mp3_path column"):
-        read_clips(tmp_path / "a.csv")
-    (tmp_path / "b.csv").write_text('"clip_id"\t"mp3_path"\r\n"1"\t"0/x.mp3"\r\n"1"\t"0/y.mp3"\r\n')
-    with pytest.raises(UserError, match="clip_id 1 repeats line 2"):
-        read_clips(tmp_path / "b.csv")
-    (tmp_path / "annotations_final.csv").write_text('"clip_id"\t"mp3_path"\r\n')
+    with pytest.raises(UserError, match=r"annotations_final\.csv; run the download stage"):
+        read_clips(tmp_path)
+    (tmp_path / "annotations_final.csv").write_text('"clip_id"\t"guitar"\r\n"1"\t"0"\r\n')
+    with pytest.raises(UserError, match=r"lacks column\(s\) mp3_path"):
+        read_clips(tmp_path)
+    (tmp_path / "annotations_final.csv").write_text(
+        '"clip_id"\t"guitar"\t"mp3_path"\r\n"1"\t"0"\t"0/x.mp3"\r\n"1"\t"1"\t"0/y.mp3"\r\n'
+    )
+    with pytest.raises(UserError, match="clip_id 1 appears more than once"):
+        read_clips(tmp_path)
+    (tmp_path / "annotations_final.csv").write_text('"clip_id"\t"guitar"\t"mp3_path"\r\n')
     with pytest.raises(UserError, match="lists no clips"):
         extract(tmp_path, tmp_path / "out", SPEC, 1, MIN_SECONDS)
 
@@ -319,7 +325,7 @@ def test_read_clips_on_real_mtat_annotations() -> None:
     path = REAL_MTAT / "annotations_final.csv"
     if not path.exists():
         pytest.skip(f"real MTAT metadata not available at {path}")
-    clips = read_clips(path)
+    clips = read_clips(REAL_MTAT)
     assert len(clips) == 25863
     assert clips[0].clip_id == "2"
     # The three empty MP3s of MTAT, at the rows the original code zero-filled.
@@ -331,10 +337,12 @@ def test_main_reports_missing_input_without_traceback(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     monkeypatch.chdir(tmp_path)
-    (tmp_path / "params.yaml").write_text("paths:\n  raw: nowhere\n  features: feats\n")
+    params = repo_params_dict()
+    params["paths"].update(raw="nowhere", features="feats")
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     with pytest.raises(SystemExit) as exc:
         extract_mod.main()
     assert exc.value.code == 2
     err = capsys.readouterr().err
-    assert "error: nowhere/annotations_final.csv not found; run the download stage first" in err
+    assert "error: annotations not found: nowhere/annotations_final.csv; run the download stage first" in err
     assert "Traceback" not in err

@@ -1,4 +1,4 @@
-"""The network matches the paper's architecture (REFERENCE.md section 1)."""
+"""The network matches the paper's architecture (Dabral et al. 2018, as the original code builds it)."""
 
 import pytest
 import torch

@@ -1,15 +1,17 @@
 """params.yaml is validated into frozen dataclasses; errors name the key."""
 
+import ast
 import dataclasses
 import re
-from pathlib import Path
 
 import pytest
 import yaml
 
-from mstagger.params import PAPER_SYNONYMS, ParamsError, load_params, params_from_dict
+from helpers import REPO, repo_params_dict
+from mstagger.params import ParamsError, load_params, params_from_dict
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = REPO
+SEED_README = REPO.parent / "shared" / "seeds" / "001_863f53848ad5100a.txt"
 
 
 def test_the_committed_params_load_and_keep_the_paper_defaults():
@@ -17,10 +19,20 @@ def test_the_committed_params_load_and_keep_the_paper_defaults():
     assert p.dataset == "demo"
     assert (p.lr, p.epochs, p.batch_size, p.lr_milestones, p.lr_gamma) == (1e-3, 40, 32, [20, 30, 35], 0.1)
     assert p.spectrogram.n_frames == 628
-    assert [tuple(g) for g in p.tags.synonyms] == list(PAPER_SYNONYMS)
-    assert len(PAPER_SYNONYMS) == 29
+    assert len(p.tags.synonyms) == 29
     with pytest.raises(dataclasses.FrozenInstanceError):
         p.lr = 0.1  # type: ignore[misc]
+
+
+def test_the_synonym_groups_are_the_papers():
+    """params.yaml's groups are exactly the list in the original code's README."""
+    if not SEED_README.is_file():
+        pytest.skip(f"the original README is not at {SEED_README}")
+    text = SEED_README.read_text(encoding="utf-8")
+    block = text[text.index("synonyms = [") + len("synonyms = ") :]
+    block = block[: block.index("]]") + 2]
+    paper = ast.literal_eval(block.replace("\n", " "))
+    assert load_params(ROOT / "params.yaml").tags.synonyms == paper
 
 
 def test_lr_is_a_top_level_key_so_dvc_exp_run_s_lr_works():
@@ -54,18 +66,23 @@ def test_lr_is_a_top_level_key_so_dvc_exp_run_s_lr_works():
         ({"learning_rate": 0.1}, "learning_rate"),
         ({"split": {"size": 3}}, "split.size"),
         ({"paths": "data"}, "paths"),
+        ({"paths": {"raw": "data/raw"}}, "paths.features"),
+        ({"paths": {**repo_params_dict()["paths"], "raw": "/tmp/victim"}}, "paths.raw"),
+        ({"paths": {**repo_params_dict()["paths"], "raw": "../victim"}}, "paths.raw"),
+        ({"paths": {**repo_params_dict()["paths"], "model": "models/../../x.pt"}}, "paths.model"),
+        ({"paths": {**repo_params_dict()["paths"], "plots": "."}}, "paths.plots"),
     ],
 )
 def test_bad_values_name_the_key(data, key):
     with pytest.raises(ParamsError) as err:
-        params_from_dict(data)
+        params_from_dict({**repo_params_dict(), **data})
     assert re.match(rf"params: {re.escape(key)}: ", str(err.value)), str(err.value)
 
 
 def test_unknown_key_lists_the_known_ones():
     known = r"\(known: method, test_size, valid_size\)"
     with pytest.raises(ParamsError, match=rf"split.seed: unknown key {known}"):
-        params_from_dict({"split": {"seed": 1}})
+        params_from_dict({**repo_params_dict(), "split": {"seed": 1}})
 
 
 def test_missing_or_broken_file_is_a_clear_error(tmp_path):
@@ -80,7 +97,8 @@ def test_missing_or_broken_file_is_a_clear_error(tmp_path):
 def test_stage_prints_one_line_and_exits_2_on_a_bad_param(tmp_path, monkeypatch, capsys):
     from mstagger.util import stage_main
 
-    (tmp_path / "params.yaml").write_text("spectrogram:\n  n_mels: 0\n")
+    data = {**repo_params_dict(), "spectrogram": {"n_mels": 0}}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(data))
     monkeypatch.chdir(tmp_path)
 
     @stage_main

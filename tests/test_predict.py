@@ -7,7 +7,7 @@ import pytest
 import soundfile as sf
 import torch
 
-from mstagger.bundle import load_bundle, save_bundle
+from mstagger.bundle import Tagger, load_bundle, save_bundle
 from mstagger.cli import main as cli_main
 from mstagger.model import MultiScaleCNN
 from mstagger.params import SpectrogramParams
@@ -21,8 +21,8 @@ def bundle_path(tmp_path):
     torch.manual_seed(0)
     model = MultiScaleCNN(n_tags=3, n_mels=SPEC.n_mels, n_frames=SPEC.n_frames).eval()
     path = tmp_path / "model.pt"
-    mean, std = np.full(32, -5.0, np.float32), np.full(32, 3.0, np.float32)
-    save_bundle(path, model, ["guitar", "drum", "piano"], mean, std, SPEC, {"lr": 1e-3}, {}, "rev")
+    tagger = Tagger(model, np.full(32, -5.0, np.float32), np.full(32, 3.0, np.float32))
+    save_bundle(path, tagger, ["guitar", "drum", "piano"], SPEC, "fp32", {"lr": 1e-3}, {}, "rev")
     return path
 
 

@@ -10,8 +10,8 @@ import pandas as pd
 import pytest
 import torch
 
+from helpers import make_params
 from mstagger.bundle import load_bundle
-from mstagger.params import params_from_dict
 from mstagger.train import TrainData, Trainer, _selection_key, epoch_batches, lr_at, train
 from mstagger.util import UserError
 
@@ -38,7 +38,7 @@ def make_data(n: int = 48, seed: int = 0) -> TrainData:
 
 def small_params(**overrides):
     base = {"epochs": 3, "batch_size": 8, "lr_milestones": [2], "precision": "fp32", "device": "cpu"}
-    return params_from_dict({**base, **overrides})
+    return make_params(**{**base, **overrides})
 
 
 def test_lr_schedule_divides_by_ten_after_milestones():
@@ -62,16 +62,16 @@ def test_one_training_step_reduces_the_loss_on_a_tiny_batch():
     data = make_data()
     trainer = Trainer(data, small_params(), torch.device("cpu"))
     rows = data.rows("train")[:8]
-    x = trainer.inputs(torch.from_numpy(data.mel[rows]))
+    x = torch.from_numpy(data.mel[rows])
     y = torch.from_numpy(data.labels[rows].astype(np.float32))
-    trainer.model.eval()  # same BatchNorm statistics and no dropout before and after the step
-    before = torch.nn.functional.binary_cross_entropy_with_logits(trainer.model(x), y)
-    trainer.model.train()
+    trainer.tagger.eval()  # same BatchNorm statistics and no dropout before and after the step
+    before = torch.nn.functional.binary_cross_entropy_with_logits(trainer.tagger(x), y)
+    trainer.tagger.train()
     trainer.optimizer.zero_grad()
-    torch.nn.functional.binary_cross_entropy_with_logits(trainer.model(x), y).backward()
+    torch.nn.functional.binary_cross_entropy_with_logits(trainer.tagger(x), y).backward()
     trainer.optimizer.step()
-    trainer.model.eval()
-    after = torch.nn.functional.binary_cross_entropy_with_logits(trainer.model(x), y)
+    trainer.tagger.eval()
+    after = torch.nn.functional.binary_cross_entropy_with_logits(trainer.tagger(x), y)
     assert after.item() < before.item()
 
 
@@ -131,6 +131,27 @@ def test_the_bundle_loads_alone_and_predicts(tmp_path):
     np.testing.assert_array_equal(bundle.mean, data.mean)
     probs = bundle.predict(data.mel[:5])
     assert probs.shape == (5, N_TAGS) and np.all((probs >= 0) & (probs <= 1))
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_validation_and_the_loaded_bundle_give_the_same_probabilities(tmp_path, precision):
+    """One inference path: what selects the model is what evaluate and predict compute."""
+    data = make_data()
+    _, out = run(tmp_path, "a", data, precision=precision, epochs=2, bn_recalibration_clips=0)
+    bundle = load_bundle(out / "model.pt")
+    assert bundle.precision == precision
+    # The training-time validation of the very weights in the bundle.
+    trainer = Trainer(data, small_params(precision=precision), torch.device("cpu"))
+    trainer.model.load_state_dict(bundle.model.state_dict())
+    rows = data.rows("valid")
+    _, during_training = trainer.score(rows)
+    loaded = bundle.predict(data.mel[rows])
+    np.testing.assert_allclose(loaded, during_training, rtol=0, atol=1e-6)
+    # and the precision matters: the other precision gives other numbers
+    other = "fp32" if precision == "bf16" else "bf16"
+    trainer_other = Trainer(data, small_params(precision=other), torch.device("cpu"))
+    trainer_other.model.load_state_dict(bundle.model.state_dict())
+    assert np.abs(trainer_other.score(rows)[1] - loaded).max() > 1e-6
 
 
 def test_corrupt_or_missing_bundle_is_a_clear_error(tmp_path):

@@ -1,4 +1,10 @@
-"""The extract and prepare outputs that train and evaluate read, opened and checked in one place."""
+"""The files ``extract`` and ``prepare`` write and the later stages read: their names and their readers.
+
+``paths.features`` (extract): ``mel.npy`` (float16, clips x n_mels x n_frames, memory-mappable),
+``index.csv`` (row, clip_id, mp3_path, seconds) and ``skipped.csv`` (clip_id, mp3_path, bytes, reason).
+``paths.prepared`` (prepare): ``labels.npy`` (uint8, rows as ``index.csv``), ``tags.json``,
+``split.csv`` (clip_id, split) and ``stats.json`` (training-split mean and std per mel bin).
+"""
 
 from __future__ import annotations
 
@@ -9,9 +15,18 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from mstagger.dataset import SPLITS, read_table
 from mstagger.util import UserError
 
-SPLITS = ("train", "valid", "test")
+MEL_FILE = "mel.npy"
+INDEX_FILE = "index.csv"
+SKIPPED_FILE = "skipped.csv"
+LABELS_FILE = "labels.npy"
+TAGS_FILE = "tags.json"
+SPLIT_FILE = "split.csv"
+STATS_FILE = "stats.json"
+MEL_DTYPE = np.dtype(np.float16)
+_RUN_EXTRACT = "; run the extract stage first (dvc repro extract)"
 
 
 @dataclass(frozen=True)
@@ -41,8 +56,8 @@ def load_inputs(features_dir: str | Path, prepared_dir: str | Path) -> StageInpu
     """Open the extract and prepare outputs and check that they line up.
 
     Args:
-        features_dir: ``params.paths.features`` (``mel.npy``, ``index.csv``).
-        prepared_dir: ``params.paths.prepared`` (``labels.npy``, ``tags.json``, ``split.csv``).
+        features_dir: ``paths.features`` (``mel.npy``, ``index.csv``).
+        prepared_dir: ``paths.prepared`` (``labels.npy``, ``tags.json``, ``split.csv``).
 
     Returns:
         The row-aligned inputs; ``mel`` is memory-mapped.
@@ -51,11 +66,11 @@ def load_inputs(features_dir: str | Path, prepared_dir: str | Path) -> StageInpu
         UserError: a file is missing or unreadable, or the files disagree (stale outputs).
     """
     features_dir, prepared_dir = Path(features_dir), Path(prepared_dir)
-    mel_path = _need(features_dir / "mel.npy", "extract")
-    index_path = _need(features_dir / "index.csv", "extract")
-    labels_path = _need(prepared_dir / "labels.npy", "prepare")
-    tags_path = _need(prepared_dir / "tags.json", "prepare")
-    split_path = _need(prepared_dir / "split.csv", "prepare")
+    mel_path = _need(features_dir / MEL_FILE, "extract")
+    index_path = _need(features_dir / INDEX_FILE, "extract")
+    labels_path = _need(prepared_dir / LABELS_FILE, "prepare")
+    tags_path = _need(prepared_dir / TAGS_FILE, "prepare")
+    split_path = _need(prepared_dir / SPLIT_FILE, "prepare")
     try:
         mel = np.load(mel_path, mmap_mode="r")
         labels = np.load(labels_path)
@@ -91,7 +106,7 @@ def load_stats(prepared_dir: str | Path) -> tuple[np.ndarray, np.ndarray]:
 
     A constant mel bin (std 0) would divide by zero; such a bin carries no information anyway.
     """
-    path = _need(Path(prepared_dir) / "stats.json", "prepare")
+    path = _need(Path(prepared_dir) / STATS_FILE, "prepare")
     try:
         stats = json.loads(path.read_text(encoding="utf-8"))
         mean = np.asarray(stats["mean"], dtype=np.float32)
@@ -99,3 +114,51 @@ def load_stats(prepared_dir: str | Path) -> tuple[np.ndarray, np.ndarray]:
     except (OSError, ValueError, KeyError, TypeError) as err:
         raise UserError(f"cannot read {path}: {err}; run `dvc repro prepare`") from None
     return mean, np.maximum(std, 1e-6)
+
+
+def read_index(features_dir: str | Path) -> pd.DataFrame:
+    """Read ``index.csv`` (row, clip_id, mp3_path, ...) and check ``row`` is 0..N-1 and ids are unique.
+
+    Raises:
+        UserError: the file is missing or malformed.
+    """
+    path = Path(features_dir) / INDEX_FILE
+    df = read_table(path, "feature index", ["row", "clip_id", "mp3_path"], sep=",", hint=_RUN_EXTRACT)
+    rows = pd.to_numeric(df["row"], errors="coerce")
+    if not np.array_equal(rows.to_numpy(), np.arange(len(df))):
+        raise UserError(
+            f"feature index {path}: column 'row' must be 0..N-1 in order; re-run the extract stage"
+        )
+    dup = df["clip_id"][df["clip_id"].duplicated()]
+    if len(dup):
+        raise UserError(f"feature index {path}: clip_id {dup.iloc[0]} appears more than once")
+    return df.assign(row=rows.astype(np.int64))
+
+
+def read_skipped(features_dir: str | Path) -> pd.DataFrame:
+    """Read ``skipped.csv`` (clip_id, mp3_path, bytes, reason): the clips extract left out.
+
+    Raises:
+        UserError: the file is missing or lacks the clip_id or reason column.
+    """
+    path = Path(features_dir) / SKIPPED_FILE
+    return read_table(path, "skipped list", ["clip_id", "reason"], sep=",", hint=_RUN_EXTRACT)
+
+
+def open_mel(features_dir: str | Path, n_clips: int) -> np.ndarray:
+    """Memory-map ``mel.npy`` and check it holds ``n_clips`` spectrograms (the rows of ``index.csv``).
+
+    Raises:
+        UserError: the file is missing, unreadable or of another length.
+    """
+    path = _need(Path(features_dir) / MEL_FILE, "extract")
+    try:
+        mel = np.load(path, mmap_mode="r")
+    except (OSError, ValueError) as err:
+        raise UserError(f"cannot read {path}: {err}; re-run the extract stage") from None
+    if mel.ndim != 3 or mel.shape[0] != n_clips:
+        raise UserError(
+            f"{path} has shape {mel.shape} but {Path(features_dir) / INDEX_FILE} lists {n_clips} clips; "
+            "re-run the extract stage"
+        )
+    return mel

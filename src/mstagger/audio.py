@@ -1,6 +1,6 @@
 """Audio decoding and the paper's log-mel spectrogram, shared by ``extract`` and ``predict``.
 
-The features are those of the paper's code (REFERENCE.md section 1): audio decoded to mono, resampled
+The features are those of the paper's original code (Dabral et al. 2018): audio decoded to mono, resampled
 to 11025 Hz exactly as ``librosa.load`` does (soundfile, then soxr "HQ"), a librosa mel spectrogram with
 its defaults (n_fft 2048, hop 512, 128 mels, power 2) and the natural log of ``max(mel, 1e-20)``.
 One difference on purpose: the frame count is fixed in the audio domain, so every clip gives exactly

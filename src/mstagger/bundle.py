@@ -1,25 +1,33 @@
-"""The model bundle: one file holding everything needed to tag audio with a trained network.
+"""The model bundle and the one inference path: raw log-mel in, tag probabilities out.
 
-A bundle stores the weights, the tag names in output order, the training-split normalisation
-statistics, the spectrogram parameters, the model configuration, the params it was trained with and
-the git revision. It is written atomically, and it loads with ``torch.load(weights_only=True)``.
+:class:`Tagger` is the network with its input standardisation (the training split's mean and std per
+mel bin) folded in, so it takes raw log-mel as ``extract`` and ``predict`` compute it.
+:func:`predict_logits` runs a tagger over clips in batches at the precision training used; training's
+validation, ``evaluate`` and ``predict`` all go through it, so the number that selects the model and the
+test number come from the same code.
+
+A bundle file stores the weights, the tag names in output order, the normalisation statistics, the
+spectrogram parameters, the model configuration, the precision, the params it was trained with and
+the git revision. It is written atomically and loads with ``torch.load(weights_only=True)``.
 """
 
 from __future__ import annotations
 
 import subprocess
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 
 from mstagger.model import MultiScaleCNN
-from mstagger.params import SpectrogramParams
+from mstagger.params import PRECISIONS, SpectrogramParams
 from mstagger.util import UserError, atomic_path
 
-FORMAT = "mstagger-bundle/1"
+FORMAT = "mstagger-bundle/2"
 
 
 def git_revision(cwd: str | Path = ".") -> str:
@@ -40,67 +48,144 @@ def git_revision(cwd: str | Path = ".") -> str:
     return f"{rev}-dirty" if dirty else rev
 
 
-def resolve_device(name: str) -> torch.device:
-    """``auto`` -> CUDA when present, else CPU; anything else as given (CUDA must exist)."""
+def resolve_device(name: str, source: str = "params: device") -> torch.device:
+    """``auto`` -> CUDA when present, else CPU; ``cpu``, ``cuda`` or ``cuda:N`` as given.
+
+    Args:
+        name: the device name.
+        source: names where the value came from in errors (the param, or a CLI flag).
+
+    Raises:
+        UserError: an unknown name, or CUDA asked for where there is none.
+    """
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(
-            f"params: device: {name!r} asked for, but no CUDA device is available; use auto or cpu"
-        )
+    if name != "cpu" and not (name == "cuda" or (name.startswith("cuda:") and name[5:].isdigit())):
+        raise UserError(f"{source}: must be auto, cpu, cuda or cuda:N, got {name!r}")
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise UserError(f"{source}: {name!r} asked for, but PyTorch sees no CUDA device; use auto or cpu")
+        index = int(name[5:] or 0)
+        if index >= torch.cuda.device_count():
+            count = torch.cuda.device_count()
+            raise UserError(f"{source}: {name!r} asked for, but only {count} GPU(s) exist")
     return torch.device(name)
+
+
+def autocast(device: torch.device, precision: str) -> AbstractContextManager:
+    """bfloat16 autocast for ``precision: bf16`` (convolutions and matmuls; BatchNorm, loss in float32)."""
+    return torch.autocast(device.type, dtype=torch.bfloat16) if precision == "bf16" else nullcontext()
+
+
+class Tagger(nn.Module):
+    """Raw log-mel (B, n_mels, n_frames) -> logits (B, n_tags): standardisation, then the network.
+
+    Args:
+        network: the multi-scale CNN.
+        mean, std: (n_mels,) training-split statistics per mel bin (std already floored above zero).
+    """
+
+    def __init__(self, network: MultiScaleCNN, mean: np.ndarray, std: np.ndarray) -> None:
+        super().__init__()
+        self.network = network
+        shape = (1, 1, -1, 1)  # broadcast over (B, 1, M, T)
+        self.register_buffer("mean", torch.as_tensor(np.asarray(mean, np.float32)).reshape(shape).clone())
+        self.register_buffer("std", torch.as_tensor(np.asarray(std, np.float32)).reshape(shape).clone())
+
+    def forward(self, mels: torch.Tensor) -> torch.Tensor:
+        x = mels.unsqueeze(1).float()  # (B, 1, M, T), float16 storage -> float32
+        x = ((x - self.mean) / self.std).contiguous(memory_format=torch.channels_last)
+        return self.network(x)
+
+
+def gather(mel: np.ndarray | torch.Tensor, rows: np.ndarray, device: torch.device) -> torch.Tensor:
+    """Clips ``rows`` of raw log-mel (a NumPy array or memmap, or a tensor) as a tensor on ``device``."""
+    if isinstance(mel, torch.Tensor):
+        return mel[torch.as_tensor(rows, device=mel.device)].to(device, non_blocking=True)
+    return torch.from_numpy(np.ascontiguousarray(mel[rows])).to(device, non_blocking=True)
+
+
+@torch.no_grad()
+def predict_logits(
+    tagger: Tagger,
+    mel: np.ndarray | torch.Tensor,
+    rows: np.ndarray | None = None,
+    *,
+    precision: str,
+    batch_size: int = 32,
+) -> torch.Tensor:
+    """The one inference path: logits of ``tagger`` for clips of raw log-mel, in eval mode.
+
+    Args:
+        tagger: the network with its normalisation; its parameters' device is where it runs.
+        mel: (clips, n_mels, n_frames) raw log-mel: a NumPy array or memmap (batches are copied to the
+            device as they are needed) or a tensor already on the tagger's device.
+        rows: the clips to score, in output order (default: all).
+        precision: ``bf16`` (bfloat16 autocast) or ``fp32``: the precision the model was trained at.
+        batch_size: clips per forward pass.
+
+    Returns:
+        (len(rows), n_tags) float32 logits on the CPU.
+    """
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    device = next(tagger.parameters()).device
+    rows = np.arange(len(mel)) if rows is None else np.asarray(rows, dtype=np.int64)
+    tagger.eval()
+    out = []
+    for start in range(0, len(rows), batch_size):
+        with autocast(device, precision):
+            out.append(tagger(gather(mel, rows[start : start + batch_size], device)).float())
+    n_tags = tagger.network.config.n_tags
+    return torch.cat(out).cpu() if out else torch.zeros((0, n_tags))
 
 
 @dataclass
 class Bundle:
     """A trained tagger ready for inference (see :func:`load_bundle`)."""
 
-    model: MultiScaleCNN
+    tagger: Tagger
     tags: list[str]
-    mean: np.ndarray  # (n_mels,) training-split mean per mel bin
-    std: np.ndarray  # (n_mels,) training-split std per mel bin
     spectrogram: SpectrogramParams
+    precision: str
     params: dict[str, Any] = field(default_factory=dict)
     git_rev: str = "unknown"
     training: dict[str, Any] = field(default_factory=dict)
-    device: str = "cpu"
 
-    def normalise(self, mels: torch.Tensor) -> torch.Tensor:
-        """Standardise raw log-mel (B, M, T) per mel bin with the training statistics."""
-        mean = torch.as_tensor(self.mean, dtype=torch.float32, device=mels.device)[None, :, None]
-        std = torch.as_tensor(self.std, dtype=torch.float32, device=mels.device)[None, :, None]
-        return (mels.float() - mean) / std
+    @property
+    def model(self) -> MultiScaleCNN:
+        """The network alone (its input is standardised log-mel)."""
+        return self.tagger.network
 
-    @torch.no_grad()
+    @property
+    def mean(self) -> np.ndarray:
+        """(n_mels,) training-split mean per mel bin."""
+        return self.tagger.mean.flatten().cpu().numpy()
+
+    @property
+    def std(self) -> np.ndarray:
+        """(n_mels,) training-split std per mel bin."""
+        return self.tagger.std.flatten().cpu().numpy()
+
     def predict(self, mels: np.ndarray, batch_size: int = 32) -> np.ndarray:
-        """Tag probabilities for raw log-mel spectrograms.
+        """Tag probabilities (B, n_tags) in ``self.tags`` order for raw log-mel (B, n_mels, n_frames).
 
-        Args:
-            mels: (B, n_mels, n_frames) unnormalised log-mel, float16 or float32 (a memmap is fine).
-            batch_size: clips per forward pass.
-
-        Returns:
-            (B, n_tags) float32 probabilities, columns in ``self.tags`` order.
+        Raises:
+            ValueError: the spectrograms are not of the geometry the network was trained on.
         """
         cfg = self.model.config
-        if mels.ndim != 3 or mels.shape[1:] != (cfg.n_mels, cfg.n_frames):
-            raise ValueError(f"expected (B, {cfg.n_mels}, {cfg.n_frames}) log-mel, got {mels.shape}")
-        self.model.eval()
-        out = np.empty((len(mels), len(self.tags)), dtype=np.float32)
-        for start in range(0, len(mels), batch_size):
-            chunk = torch.from_numpy(np.asarray(mels[start : start + batch_size])).to(self.device)
-            x = self.normalise(chunk).unsqueeze(1)  # (B, 1, M, T)
-            out[start : start + len(chunk)] = torch.sigmoid(self.model(x)).float().cpu().numpy()
-        return out
+        if mels.ndim != 3 or tuple(mels.shape[1:]) != (cfg.n_mels, cfg.n_frames):
+            raise ValueError(f"expected (B, {cfg.n_mels}, {cfg.n_frames}) log-mel, got {tuple(mels.shape)}")
+        logits = predict_logits(self.tagger, mels, precision=self.precision, batch_size=batch_size)
+        return torch.sigmoid(logits).numpy()
 
 
 def save_bundle(
     path: str | Path,
-    model: MultiScaleCNN,
+    tagger: Tagger,
     tags: list[str],
-    mean: np.ndarray,
-    std: np.ndarray,
     spectrogram: SpectrogramParams,
+    precision: str,
     params: dict[str, Any],
     training: dict[str, Any],
     git_rev: str,
@@ -108,15 +193,16 @@ def save_bundle(
     """Write a bundle atomically (temporary file beside ``path``, then rename).
 
     Args:
-        path: destination, e.g. ``models/model.pt``.
-        model: the trained network (its weights are copied to the CPU in float32).
+        path: destination, e.g. ``paths.model``.
+        tagger: the trained network and its normalisation (copied to the CPU in float32).
         tags: tag names in output order.
-        mean, std: per-mel-bin training statistics.
         spectrogram: the feature parameters the network was trained on.
+        precision: the precision it was trained at, used again for inference.
         params: the full pipeline params (plain types).
         training: facts of the run, e.g. best epoch and validation scores.
         git_rev: the revision the model was trained at.
     """
+    model = tagger.network
     if len(tags) != model.config.n_tags:
         raise ValueError(f"{len(tags)} tag names for a network with {model.config.n_tags} outputs")
     payload = {
@@ -124,8 +210,8 @@ def save_bundle(
         "state_dict": {k: v.detach().to("cpu", torch.float32) for k, v in model.state_dict().items()},
         "model_config": model.config_dict(),
         "tags": list(tags),
-        "mean": torch.as_tensor(np.asarray(mean, dtype=np.float32)),
-        "std": torch.as_tensor(np.asarray(std, dtype=np.float32)),
+        "mean": tagger.mean.detach().flatten().cpu(),
+        "std": tagger.std.detach().flatten().cpu(),
         "spectrogram": {
             "sample_rate": spectrogram.sample_rate,
             "n_fft": spectrogram.n_fft,
@@ -134,6 +220,7 @@ def save_bundle(
             "clip_seconds": spectrogram.clip_seconds,
             "log_floor": spectrogram.log_floor,
         },
+        "precision": precision,
         "params": params,
         "training": training,
         "git_rev": git_rev,
@@ -142,7 +229,7 @@ def save_bundle(
         torch.save(payload, tmp)
 
 
-def load_bundle(path: str | Path, device: str = "cpu") -> Bundle:
+def load_bundle(path: str | Path, device: str | torch.device = "cpu") -> Bundle:
     """Load a bundle written by :func:`save_bundle`, needing no other file of the pipeline.
 
     Args:
@@ -153,7 +240,7 @@ def load_bundle(path: str | Path, device: str = "cpu") -> Bundle:
         The :class:`Bundle`, network in eval mode.
 
     Raises:
-        UserError: the file is missing, unreadable or not a bundle.
+        UserError: the file is missing, unreadable or not a bundle of this version.
     """
     path = Path(path)
     if not path.is_file():
@@ -163,18 +250,21 @@ def load_bundle(path: str | Path, device: str = "cpu") -> Bundle:
     except Exception as err:  # a truncated or foreign file: torch raises several types
         raise UserError(f"{path} is not a readable model bundle ({type(err).__name__}: {err})") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
-        raise UserError(f"{path} is not an mstagger model bundle (expected format {FORMAT})")
-    model = MultiScaleCNN(**payload["model_config"])
-    model.load_state_dict(payload["state_dict"])
-    model.to(device).eval()
+        found = payload.get("format") if isinstance(payload, dict) else None
+        raise UserError(
+            f"{path} is not an mstagger model bundle of format {FORMAT} (found {found!r}); "
+            "retrain it with `dvc repro train`"
+        )
+    network = MultiScaleCNN(**payload["model_config"])
+    network.load_state_dict(payload["state_dict"])
+    tagger = Tagger(network, payload["mean"].numpy(), payload["std"].numpy())
+    tagger.to(device, memory_format=torch.channels_last).eval()
     return Bundle(
-        model=model,
+        tagger=tagger,
         tags=list(payload["tags"]),
-        mean=payload["mean"].numpy(),
-        std=payload["std"].numpy(),
         spectrogram=SpectrogramParams(**payload["spectrogram"]),
+        precision=payload["precision"],
         params=payload["params"],
         git_rev=payload["git_rev"],
         training=payload["training"],
-        device=device,
     )

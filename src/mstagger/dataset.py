@@ -36,18 +36,37 @@ CLIP_INFO_COLUMNS = (
     "original_url",
     "mp3_path",
 )
+SPLITS = ("train", "valid", "test")
 # The literature's split by audio folder (Dieleman and Schrauwen 2014): 0-b train, c valid, d-f test.
 # MTAT keeps every clip of an album in one folder, so no song or album crosses it.
 FOLDER_SPLIT = {**{f: "train" for f in "0123456789ab"}, "c": "valid", **{f: "test" for f in "def"}}
 
 # The trailing "-<start>-<end>.mp3" of a clip's file name; what precedes it names the song.
 _SEGMENT_SUFFIX = re.compile(r"-\d+-\d+\.mp3$", re.IGNORECASE)
-_RUN_DOWNLOAD = "; run the download stage first (dvc repro download)"
+RUN_DOWNLOAD = "; run the download stage first (dvc repro download)"  # a hint for the stages' errors
 
 
 def format_line(values: Iterable[str]) -> str:
     """One CSV line as MTAT writes it: every field double-quoted, tab-separated, CRLF."""
     return "\t".join(f'"{v}"' for v in values) + "\r\n"
+
+
+def slugify(text: str) -> str:
+    """MTAT's file-name rule: lower case, space . : , ; / & become ``_``, other punctuation dropped."""
+    out = []
+    for ch in text.lower():
+        if ch.isascii() and ch.isalnum():
+            out.append(ch)
+        elif ch in " .:,;/&":
+            out.append("_")
+    return "".join(out)
+
+
+def clip_path(
+    folder: str, artist: str, album: str, track: int, title: str, start: int | str, end: int | str
+) -> str:
+    """A clip's ``mp3_path``: ``<folder>/<artist>-<album>-<track>-<title>-<start>-<end>.mp3``, slugified."""
+    return f"{folder}/{slugify(artist)}-{slugify(album)}-{track:02d}-{slugify(title)}-{start}-{end}.mp3"
 
 
 def folder_of(mp3_path: str) -> str:
@@ -99,11 +118,12 @@ def read_table(
     return df
 
 
-def read_annotations(path: str | Path) -> pd.DataFrame:
+def read_annotations(path: str | Path, hint: str = "") -> pd.DataFrame:
     """Read MTAT's ``annotations_final.csv`` (header ``clip_id``, tag names..., ``mp3_path``).
 
     Args:
         path: the annotations file.
+        hint: appended to the "not found" error (e.g. :data:`RUN_DOWNLOAD`).
 
     Returns:
         A frame with ``clip_id`` (str), one uint8 0/1 column per tag in file order, and ``mp3_path``
@@ -113,7 +133,7 @@ def read_annotations(path: str | Path) -> pd.DataFrame:
         UserError: the file is missing or malformed (wrong header, a repeated tag or clip id, a value
             not 0/1).
     """
-    df = read_table(path, "annotations", ["clip_id", "mp3_path"], hint=_RUN_DOWNLOAD)
+    df = read_table(path, "annotations", ["clip_id", "mp3_path"], hint=hint)
     cols = list(df.columns)
     if cols[0] != "clip_id" or cols[-1] != "mp3_path" or len(cols) < 3:
         raise UserError(
@@ -141,11 +161,12 @@ def read_annotations(path: str | Path) -> pd.DataFrame:
     return out
 
 
-def read_clip_info(path: str | Path) -> pd.DataFrame:
+def read_clip_info(path: str | Path, hint: str = "") -> pd.DataFrame:
     """Read MTAT's ``clip_info_final.csv``.
 
     Args:
         path: the clip info file.
+        hint: appended to the "not found" error.
 
     Returns:
         A frame with the string columns ``clip_id``, ``artist``, ``album``, ``mp3_path``; a clip id
@@ -154,5 +175,5 @@ def read_clip_info(path: str | Path) -> pd.DataFrame:
     Raises:
         UserError: the file is missing or lacks one of those columns.
     """
-    df = read_table(path, "clip info", ["clip_id", "artist", "album", "mp3_path"], hint=_RUN_DOWNLOAD)
+    df = read_table(path, "clip info", ["clip_id", "artist", "album", "mp3_path"], hint=hint)
     return df[["clip_id", "artist", "album", "mp3_path"]].drop_duplicates("clip_id").reset_index(drop=True)

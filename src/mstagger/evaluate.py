@@ -13,35 +13,27 @@ Reads the log-mel spectrograms (``<features>/mel.npy``, memory-mapped), the labe
 A tag without a positive or without a negative test clip has no ROC-AUC: it is left out of the macro
 averages and counted in ``n_tags_excluded``.
 
-The baseline is a one-vs-rest logistic regression on the mean and standard deviation over time of each
-mel band (``2 * n_mels`` features, standardised with the training split's statistics), trained on the
-training split. It tells how much the network adds over the clip's average spectrum.
+The baseline (:mod:`mstagger.baseline`), a logistic regression per tag on each mel band's mean and
+standard deviation, tells how much the network adds over the clip's average spectrum.
 """
 
 from __future__ import annotations
 
 import math
-import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
-from sklearn.exceptions import ConvergenceWarning
-from sklearn.linear_model import LogisticRegression
 from tqdm import tqdm
 
 from mstagger.artifacts import load_inputs
+from mstagger.baseline import CHUNK_CLIPS, fit_baseline
 from mstagger.metrics import macro_from_table, per_tag_scores
 from mstagger.params import load_params
 from mstagger.plots import write_csv, write_evaluation_plots
 from mstagger.util import UserError, log, stage_main, timed, write_json
-
-# Clips read from the memory-mapped spectrograms at a time (128 x 628 float32: ~0.3 MB a clip).
-CHUNK_CLIPS = 256
-# Enough L-BFGS iterations for standardised features; a tag that still stops early is logged.
-BASELINE_MAX_ITER = 1000
 
 Predict = Callable[[np.ndarray], np.ndarray]
 
@@ -70,7 +62,7 @@ def align_predict(
         missing = sorted(set(tags) - set(model_tags))[:5]
         extra = sorted(set(model_tags) - set(tags))[:5]
         raise UserError(
-            f"evaluate: {source} predicts other tags than the prepared labels "
+            f"{source} predicts other tags than the prepared labels "
             f"(missing {missing}, extra {extra}); run `dvc repro train`"
         )
     order = np.array([model_tags.index(t) for t in tags])
@@ -102,7 +94,7 @@ def predict_rows(
             scores = np.asarray(predict(np.asarray(mel[idx], dtype=np.float32)))
             if scores.shape != (len(idx), n_tags):
                 raise UserError(
-                    f"evaluate: the model returned scores of shape {scores.shape} for {len(idx)} clips "
+                    f"the model returned scores of shape {scores.shape} for {len(idx)} clips "
                     f"and {n_tags} tags; retrain it on the current data (`dvc repro train`)"
                 )
             out[start : start + len(idx)] = scores
@@ -110,77 +102,10 @@ def predict_rows(
     bad = int((~np.isfinite(out)).any(axis=1).sum())
     if bad:
         raise UserError(
-            f"evaluate: the model gives NaN or infinite scores for {bad} of {len(rows)} test clips; "
+            f"the model gives NaN or infinite scores for {bad} of {len(rows)} test clips; "
             "training diverged (try a lower lr or precision: fp32) and retrain"
         )
     return out
-
-
-def band_features(mel: np.ndarray, rows: np.ndarray, chunk: int = CHUNK_CLIPS) -> np.ndarray:
-    """Per-band mean and standard deviation over time of each clip's log-mel.
-
-    Args:
-        mel: (clips, n_mels, n_frames), e.g. a memmap; read ``chunk`` clips at a time.
-        rows: the row indices, in output order.
-        chunk: clips read at once.
-
-    Returns:
-        (len(rows), 2 * n_mels) float64: the n_mels band means, then the n_mels band standard deviations.
-    """
-    n_mels = mel.shape[1]
-    out = np.empty((len(rows), 2 * n_mels), dtype=np.float64)
-    with tqdm(total=len(rows), desc="evaluate: baseline features", unit="clip", leave=False) as bar:
-        for start in range(0, len(rows), chunk):
-            idx = rows[start : start + chunk]
-            x = np.asarray(mel[idx], dtype=np.float32)  # (B, n_mels, n_frames)
-            out[start : start + len(idx), :n_mels] = x.mean(axis=2, dtype=np.float64)
-            out[start : start + len(idx), n_mels:] = x.std(axis=2, dtype=np.float64)
-            bar.update(len(idx))
-    return out
-
-
-def baseline_scores(
-    x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, c: float
-) -> tuple[np.ndarray, list[int], list[int]]:
-    """Fit one logistic regression per tag on the training clips and score the test clips.
-
-    Features are standardised with the training clips' mean and standard deviation (a constant feature
-    is left centred, not scaled). A tag with a single class among the training clips cannot be fitted:
-    it scores every test clip with its training prevalence (0 or 1).
-
-    Args:
-        x_train: (train clips, features).
-        y_train: (train clips, tags) 0/1.
-        x_test: (test clips, features).
-        c: inverse L2 regularisation strength (``params.evaluate.baseline_c``).
-
-    Returns:
-        ``(scores, constant, not_converged)``: (test clips, tags) float32 probabilities, the columns
-        given a constant score, and the columns whose fit hit the iteration limit.
-    """
-    if len(x_train) == 0:
-        raise UserError("evaluate: the training split is empty; the baseline cannot be fitted")
-    mean = x_train.mean(axis=0)
-    std = x_train.std(axis=0)
-    std[std < 1e-8] = 1.0
-    xs_train, xs_test = (x_train - mean) / std, (x_test - mean) / std
-    y_train = np.asarray(y_train).astype(np.int64)
-    scores = np.empty((len(x_test), y_train.shape[1]), dtype=np.float32)
-    constant, not_converged = [], []
-    for j in tqdm(range(y_train.shape[1]), desc="evaluate: baseline", unit="tag", leave=False):
-        y = y_train[:, j]
-        if y.min() == y.max():
-            scores[:, j] = float(y.mean())
-            constant.append(j)
-            continue
-        model = LogisticRegression(C=c, solver="lbfgs", max_iter=BASELINE_MAX_ITER)
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always", ConvergenceWarning)
-            model.fit(xs_train, y)
-        if any(issubclass(w.category, ConvergenceWarning) for w in caught):
-            not_converged.append(j)
-        scores[:, j] = model.predict_proba(xs_test)[:, 1]
-    return scores, constant, not_converged
 
 
 def score_table(y_true: np.ndarray, net: np.ndarray, base: np.ndarray, tags: Sequence[str]) -> pd.DataFrame:
@@ -245,16 +170,16 @@ def evaluate(
     split = np.asarray(split).astype(str)
     if not (len(mel) == len(labels) == len(split)) or labels.shape[1] != len(tags):
         raise UserError(
-            f"evaluate: inputs disagree: mel {mel.shape}, labels {labels.shape}, split {split.shape}, "
+            f"inputs disagree: mel {mel.shape}, labels {labels.shape}, split {split.shape}, "
             f"{len(tags)} tags; run `dvc repro`"
         )
     test_rows = np.flatnonzero(split == "test")
     train_rows = np.flatnonzero(split == "train")
     if len(test_rows) == 0:
-        raise UserError("evaluate: the test split is empty; check the split parameters (split.*)")
+        raise UserError("the test split is empty; check the split parameters (split.*)")
     y_test = labels[test_rows].astype(np.uint8)
     log.info(
-        "evaluate: %d test clips, %d training clips for the baseline, %d tags",
+        "%d test clips, %d training clips for the baseline, %d tags",
         len(test_rows),
         len(train_rows),
         len(tags),
@@ -262,27 +187,7 @@ def evaluate(
 
     net = predict_rows(predict, mel, test_rows, len(tags), chunk)
 
-    # One pass over train and test rows, in file order, for the baseline features.
-    rows = np.concatenate([train_rows, test_rows])
-    order = np.argsort(rows, kind="stable")
-    feats = np.empty((len(rows), 2 * mel.shape[1]), dtype=np.float64)
-    feats[order] = band_features(mel, rows[order], chunk)
-    x_train, x_test = feats[: len(train_rows)], feats[len(train_rows) :]
-    base, constant, not_converged = baseline_scores(x_train, labels[train_rows], x_test, baseline_c)
-    if constant:
-        log.warning(
-            "evaluate: baseline: %d tags have a single class in the training split and score their "
-            "prevalence: %s",
-            len(constant),
-            ", ".join(tags[j] for j in constant),
-        )
-    if not_converged:
-        log.warning(
-            "evaluate: baseline: %d tags stopped at %d iterations before converging: %s",
-            len(not_converged),
-            BASELINE_MAX_ITER,
-            ", ".join(tags[j] for j in not_converged),
-        )
+    base = fit_baseline(mel, labels, train_rows, test_rows, baseline_c, tags, chunk)
 
     table = score_table(y_test, net, base, tags)
     net_macro = macro_from_table(table, "roc_auc", "pr_auc")
@@ -290,7 +195,7 @@ def evaluate(
     excluded = table.loc[table["roc_auc"].isna(), "tag"].tolist()
     if excluded:
         log.warning(
-            "evaluate: %d tags lack positive or negative test clips and are left out of the macro scores: %s",
+            "%d tags lack positive or negative test clips and are left out of the macro scores: %s",
             len(excluded),
             ", ".join(excluded),
         )
@@ -350,15 +255,14 @@ def main() -> None:
 
     device = str(resolve_device(params.device))
     bundle = load_bundle(paths.model, device=device)
-    log.info("evaluate: model %s on %s", paths.model, device)
+    log.info("model %s on %s", paths.model, device)
 
     def bundle_predict(mels: np.ndarray) -> np.ndarray:
         try:
             return bundle.predict(mels)
         except ValueError as err:  # the spectrogram settings changed since training
             raise UserError(
-                f"evaluate: {paths.model} does not fit the features in {paths.features} ({err}); "
-                "run `dvc repro train`"
+                f"{paths.model} does not fit the features in {paths.features} ({err}); run `dvc repro train`"
             ) from None
 
     predict = align_predict(bundle_predict, bundle.tags, inputs.tags, source=paths.model)
@@ -377,9 +281,7 @@ def main() -> None:
         )
         seconds = elapsed()
     log.info("%s", format_summary(result, seconds))
-    log.info(
-        "evaluate: wrote %s/test.json, %s/test_per_tag.csv and %s/", paths.metrics, paths.metrics, paths.plots
-    )
+    log.info("wrote %s/test.json, %s/test_per_tag.csv and %s/", paths.metrics, paths.metrics, paths.plots)
 
 
 if __name__ == "__main__":

@@ -31,21 +31,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from threadpoolctl import threadpool_limits
 from tqdm import tqdm
 
+from mstagger import rowfile
+from mstagger.artifacts import INDEX_FILE, MEL_DTYPE, MEL_FILE, SKIPPED_FILE
 from mstagger.audio import AudioError, load_clip, log_mel
+from mstagger.dataset import ANNOTATIONS_FILE, RUN_DOWNLOAD, read_annotations
 from mstagger.params import SpectrogramParams, load_params
+from mstagger.rowfile import RowFile
 from mstagger.util import UserError, atomic_path, log, stage_main, timed, write_json, write_text
 
-ANNOTATIONS = "annotations_final.csv"
-MEL_FILE = "mel.npy"
-INDEX_FILE = "index.csv"
-SKIPPED_FILE = "skipped.csv"
 SUMMARY_FILE = "summary.json"
-DTYPE = np.dtype(np.float16)
-COPY_CHUNK_ROWS = 256  # rows moved at a time when squeezing out skipped clips (~40 MB for 128 x 628)
 
 
 @dataclass(frozen=True)
@@ -65,47 +62,10 @@ class ClipResult:
     reason: str | None
 
 
-def read_clips(annotations: Path) -> list[Clip]:
-    """Read the clip list (clip_id, mp3_path) of an MTAT ``annotations_final.csv``, in file order.
-
-    Args:
-        annotations: the tab-separated, quoted CSV with columns clip_id, <tags...>, mp3_path.
-
-    Returns:
-        The clips in file order.
-
-    Raises:
-        UserError: the file is missing, lacks the clip_id or mp3_path column, or repeats a clip_id.
-    """
-    try:
-        handle = annotations.open(encoding="utf-8", newline="")
-    except FileNotFoundError:
-        raise UserError(f"{annotations} not found; run the download stage first") from None
-    with handle:
-        reader = csv.reader(handle, delimiter="\t", quotechar='"')
-        header = next(reader, None) or []
-        missing = [c for c in ("clip_id", "mp3_path") if c not in header]
-        if missing:
-            raise UserError(
-                f"{annotations}: no {' or '.join(missing)} column in its header; "
-                "expected MagnaTagATune's annotations_final.csv (tab-separated, quoted)"
-            )
-        id_col, path_col = header.index("clip_id"), header.index("mp3_path")
-        clips: list[Clip] = []
-        seen: dict[str, int] = {}
-        for line, fields in enumerate(reader, start=2):
-            if not fields:
-                continue
-            if len(fields) != len(header):
-                raise UserError(f"{annotations}:{line}: {len(fields)} fields, the header has {len(header)}")
-            clip = Clip(fields[id_col], fields[path_col])
-            if clip.clip_id in seen:
-                raise UserError(
-                    f"{annotations}:{line}: clip_id {clip.clip_id} repeats line {seen[clip.clip_id]}"
-                )
-            seen[clip.clip_id] = line
-            clips.append(clip)
-    return clips
+def read_clips(raw_dir: Path) -> list[Clip]:
+    """The clips (clip_id, mp3_path) of ``raw_dir``'s ``annotations_final.csv``, in file order."""
+    table = read_annotations(raw_dir / ANNOTATIONS_FILE, hint=RUN_DOWNLOAD)
+    return [Clip(c, p) for c, p in zip(table["clip_id"], table["mp3_path"], strict=True)]
 
 
 # --- worker side ---------------------------------------------------------------------------------
@@ -114,22 +74,6 @@ _STATE: dict[str, Any] = {}
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # mallopt parameters, from glibc's malloc.h
 # Modules librosa loads lazily on the first clip; imported up front so the BLAS thread limit covers them.
 _PRELOAD = ("mstagger.audio", "librosa.core.audio", "librosa.feature.spectral", "scipy.signal")
-
-
-@dataclass(frozen=True)
-class _Target:
-    """Where spectrogram rows go: the .npy file, its header size and the bytes of one row."""
-
-    path: str
-    offset: int
-    row_bytes: int
-
-
-def _pwrite_all(fd: int, data: bytes | memoryview, position: int) -> None:
-    view = memoryview(data)
-    while view:
-        written = os.pwrite(fd, view, position)
-        view, position = view[written:], position + written
 
 
 def _keep_freed_memory() -> None:
@@ -148,7 +92,7 @@ def _keep_freed_memory() -> None:
         pass
 
 
-def _init_worker(target: _Target, spec: SpectrogramParams, min_seconds: float) -> None:
+def _init_worker(target: RowFile, spec: SpectrogramParams, min_seconds: float) -> None:
     """Open the output file once per worker, limit BLAS to one thread and tune malloc.
 
     With two workers on two cores, OpenBLAS's own threads oversubscribe the CPU (a clip took ~2.5x
@@ -169,19 +113,17 @@ def _process(task: tuple[int, str]) -> ClipResult:
     """Extract one clip into its row of the output file; an unusable clip reports its reason."""
     row, path = task
     spec: SpectrogramParams = _STATE["spec"]
-    target: _Target = _STATE["target"]
+    target: RowFile = _STATE["target"]
     try:
         y = load_clip(path, spec.sample_rate, _STATE["min_seconds"])
     except AudioError as err:
         return ClipResult(row, 0.0, err.reason)
-    mel = np.ascontiguousarray(log_mel(y, spec), dtype=DTYPE)  # (n_mels, n_frames)
-    # A plain positioned write: no worker maps the (multi-GB) file, so none holds its pages.
-    _pwrite_all(_STATE["fd"], mel.data.cast("B"), target.offset + row * target.row_bytes)
+    rowfile.write_row(_STATE["fd"], target, row, log_mel(y, spec))  # (n_mels, n_frames)
     return ClipResult(row, round(y.size / spec.sample_rate, 3), None)
 
 
 def _run_tasks(
-    tasks: list[tuple[int, str]], target: _Target, spec: SpectrogramParams, workers: int, min_seconds: float
+    tasks: list[tuple[int, str]], target: RowFile, spec: SpectrogramParams, workers: int, min_seconds: float
 ) -> Iterator[ClipResult]:
     """Yield one result per task, in completion order; workers=1 runs in this process."""
     if workers == 1:
@@ -224,63 +166,6 @@ def _process_batch(batch: list[tuple[int, str]]) -> list[ClipResult]:
     return [_process(task) for task in batch]
 
 
-# --- squeezing out skipped rows ------------------------------------------------------------------
-
-
-def _runs(rows: list[int]) -> Iterator[tuple[int, int]]:
-    """Split sorted row numbers into half-open runs of consecutive rows."""
-    start = prev = None
-    for row in rows:
-        if start is None:
-            start = prev = row
-        elif row == prev + 1:
-            prev = row
-        else:
-            yield start, prev + 1
-            start = prev = row
-    if start is not None:
-        yield start, prev + 1
-
-
-def _compact(target: _Target, keep: list[int], row_shape: tuple[int, ...]) -> None:
-    """Keep rows ``keep`` (sorted) of the .npy file in place: move rows up, fix the header, truncate.
-
-    Rows only ever move towards the start of the file, and each chunk is read whole before it is
-    written, so a chunk never overwrites rows still to be read.
-    """
-    chunk_bytes = COPY_CHUNK_ROWS * target.row_bytes
-    header = io.BytesIO()
-    np.lib.format.write_array_header_1_0(
-        header,
-        {
-            "descr": np.lib.format.dtype_to_descr(DTYPE),
-            "fortran_order": False,
-            "shape": (len(keep), *row_shape),
-        },
-    )
-    # numpy pads .npy headers so the row count can change without changing the header size.
-    if len(header.getvalue()) != target.offset:
-        raise RuntimeError(
-            f"{target.path}: .npy header size changed ({target.offset} -> {len(header.getvalue())})"
-        )
-    fd = os.open(target.path, os.O_RDWR)
-    try:
-        dst = target.offset
-        for start, stop in _runs(keep):
-            src, end = target.offset + start * target.row_bytes, target.offset + stop * target.row_bytes
-            if src == dst:
-                dst = end
-                continue
-            while src < end:
-                data = os.pread(fd, min(chunk_bytes, end - src), src)
-                _pwrite_all(fd, data, dst)
-                src, dst = src + len(data), dst + len(data)
-        _pwrite_all(fd, header.getvalue(), 0)
-        os.ftruncate(fd, dst)
-    finally:
-        os.close(fd)
-
-
 # --- the stage -----------------------------------------------------------------------------------
 
 
@@ -321,7 +206,7 @@ def _report(
         "skipped": len(skipped),
         "skipped_reasons": dict(sorted(reasons.items())),
         "shape": list(shape),
-        "dtype": DTYPE.name,
+        "dtype": MEL_DTYPE.name,
         "seconds": seconds,
         "clips_per_second": round(len(clips) / seconds, 2) if seconds > 0 else None,
         "workers": workers,
@@ -329,14 +214,14 @@ def _report(
     write_text(out_dir / SKIPPED_FILE, _csv_text(["clip_id", "mp3_path", "bytes", "reason"], skipped_rows))
     write_json(out_dir / SUMMARY_FILE, summary)
     for clip_id, mp3_path, _, reason in skipped_rows:
-        log.info("extract: skipped clip %s (%s): %s", clip_id, mp3_path, reason)
+        log.info("skipped clip %s (%s): %s", clip_id, mp3_path, reason)
     log.info(
-        "extract: %d of %d clips -> %s %s %s; skipped %d%s (list in %s); %.1f s, %.1f clips/s",
+        "%d of %d clips -> %s %s %s; skipped %d%s (list in %s); %.1f s, %.1f clips/s",
         shape[0],
         len(clips),
         out_dir / MEL_FILE,
         tuple(shape),
-        DTYPE.name,
+        MEL_DTYPE.name,
         len(skipped),
         "".join(f", {n} {reason}" for reason, n in summary["skipped_reasons"].items()),
         out_dir / SKIPPED_FILE,
@@ -364,13 +249,13 @@ def extract(raw_dir: Path, out_dir: Path, spec: SpectrogramParams, workers: int,
             (skipped.csv and summary.json are still written, to say why).
     """
     raw_dir, out_dir = Path(raw_dir), Path(out_dir)
-    clips = read_clips(raw_dir / ANNOTATIONS)
+    clips = read_clips(raw_dir)
     if not clips:
-        raise UserError(f"{raw_dir / ANNOTATIONS} lists no clips")
+        raise UserError(f"{raw_dir / ANNOTATIONS_FILE} lists no clips")
     workers = max(1, min(workers, len(clips)))
     tasks = [(row, str(raw_dir / clip.mp3_path)) for row, clip in enumerate(clips)]
     log.info(
-        "extract: %d clips from %s -> %s, %d worker(s), %d x %d log-mel per clip",
+        "%d clips from %s -> %s, %d worker(s), %d x %d log-mel per clip",
         len(clips),
         raw_dir,
         out_dir,
@@ -383,9 +268,7 @@ def extract(raw_dir: Path, out_dir: Path, spec: SpectrogramParams, workers: int,
         with atomic_path(out_dir / MEL_FILE) as mel_tmp:
             # One row per listed clip, created sparse; workers fill the rows of the clips they extract.
             shape = (len(clips), spec.n_mels, spec.n_frames)
-            mel = np.lib.format.open_memmap(mel_tmp, mode="w+", dtype=DTYPE, shape=shape, version=(1, 0))
-            target = _Target(str(mel_tmp), mel.offset, spec.n_mels * spec.n_frames * DTYPE.itemsize)
-            del mel
+            target = rowfile.create(mel_tmp, len(clips), shape[1:], MEL_DTYPE)
             with tqdm(total=len(tasks), unit="clip", desc="extract", mininterval=1.0) as bar:
                 for result in _run_tasks(tasks, target, spec, workers, min_seconds):
                     slots[result.row] = result
@@ -401,7 +284,7 @@ def extract(raw_dir: Path, out_dir: Path, spec: SpectrogramParams, workers: int,
                 raise UserError(
                     f"no clip of {raw_dir} could be extracted; reasons in {out_dir / SKIPPED_FILE}"
                 )
-            _compact(target, good, shape[1:])
+            rowfile.compact(target, good)
         index_rows = [
             [i, clips[row].clip_id, clips[row].mp3_path, results[row].seconds] for i, row in enumerate(good)
         ]

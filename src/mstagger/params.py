@@ -10,8 +10,8 @@ from __future__ import annotations
 import math
 import types
 import typing
-from dataclasses import dataclass, field, fields
-from pathlib import Path
+from dataclasses import MISSING, dataclass, field, fields
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import yaml
@@ -20,48 +20,6 @@ PARAMS_FILE = Path("params.yaml")
 DATASETS = ("demo", "mtat")
 SPLIT_METHODS = ("folder", "random", "song", "artist")
 PRECISIONS = ("bf16", "fp32")
-
-# The paper's 29 synonym groups (seed README); the merged tag takes the group's first name.
-PAPER_SYNONYMS: tuple[tuple[str, ...], ...] = (
-    ("beat", "beats"),
-    ("chant", "chanting"),
-    ("choir", "choral"),
-    ("classical", "clasical", "classic"),
-    ("drum", "drums"),
-    ("electro", "electronic", "electronica", "electric"),
-    ("fast", "fast beat", "quick"),
-    (
-        "female",
-        "female singer",
-        "female singing",
-        "female vocals",
-        "female voice",
-        "woman",
-        "woman singing",
-        "women",
-    ),
-    ("flute", "flutes"),
-    ("guitar", "guitars"),
-    ("hard", "hard rock"),
-    ("harpsichord", "harpsicord"),
-    ("heavy", "heavy metal", "metal"),
-    ("horn", "horns"),
-    ("india", "indian"),
-    ("jazz", "jazzy"),
-    ("male", "male singer", "male vocal", "male vocals", "male voice", "man", "man singing", "men"),
-    ("no beat", "no drums"),
-    ("no singer", "no singing", "no vocal", "no vocals", "no voice", "no voices", "instrumental"),
-    ("opera", "operatic"),
-    ("orchestra", "orchestral"),
-    ("quiet", "silence"),
-    ("singer", "singing"),
-    ("space", "spacey"),
-    ("string", "strings"),
-    ("synth", "synthesizer"),
-    ("violin", "violins"),
-    ("vocal", "vocals", "voice", "voices"),
-    ("strange", "weird"),
-)
 
 
 class ParamsError(ValueError):
@@ -74,13 +32,29 @@ def _fail(key: str, message: str) -> typing.NoReturn:
 
 @dataclass(frozen=True)
 class PathsParams:
-    raw: str = "data/raw"
-    features: str = "data/features"
-    prepared: str = "data/prepared"
-    model: str = "models/model.pt"
-    train_log: str = "metrics/train"
-    metrics: str = "metrics"
-    plots: str = "plots"
+    """Where each stage reads and writes. No defaults: ``params.yaml`` is the one place paths are set."""
+
+    raw: str
+    features: str
+    prepared: str
+    model: str
+    train_log: str
+    metrics: str
+    plots: str
+
+    def _check(self, key: str) -> None:
+        # Stages replace what these name; a path outside the repository could name a user's folder
+        # (and DVC refuses outputs outside the repository anyway, but only after the stage ran).
+        for name in (f.name for f in fields(self)):
+            value = getattr(self, name)
+            parts = PurePosixPath(value.replace("\\", "/")).parts
+            if not value or PurePosixPath(value).is_absolute() or ".." in parts or ":" in value:
+                _fail(
+                    f"{key}.{name}",
+                    f"must be a relative path inside the repository without '..', got {value!r}",
+                )
+            if parts in ((".",), ()):
+                _fail(f"{key}.{name}", f"must name a file or folder below the repository root, got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -164,7 +138,7 @@ class ExtractParams:
 @dataclass(frozen=True)
 class TagsParams:
     top_n: int = 50
-    synonyms: list[list[str]] = field(default_factory=lambda: [list(g) for g in PAPER_SYNONYMS])
+    synonyms: list[list[str]] = field(default_factory=list)  # params.yaml holds the paper's 29 groups
 
     def _check(self, key: str) -> None:
         if self.top_n < 1:
@@ -213,6 +187,7 @@ class EvaluateParams:
 
 @dataclass(frozen=True)
 class Params:
+    paths: PathsParams
     dataset: str = "demo"
     seed: int = 1337
     lr: float = 1.0e-3
@@ -225,7 +200,6 @@ class Params:
     precision: str = "bf16"
     num_workers: int = 0
     bn_recalibration_clips: int = 2048
-    paths: PathsParams = PathsParams()
     demo: DemoParams = DemoParams()
     download: DownloadParams = DownloadParams()
     spectrogram: SpectrogramParams = SpectrogramParams()
@@ -268,6 +242,15 @@ def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
 
 
+def _looks_numeric(text: str) -> bool:
+    """YAML 1.1 reads ``1e-3`` (no dot) as a string; such a value is a number the user meant."""
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
 def _convert(key: str, value: Any, tp: Any) -> Any:
     """Check ``value`` against the annotation ``tp`` and return it in that type."""
     origin = typing.get_origin(tp)
@@ -275,7 +258,12 @@ def _convert(key: str, value: Any, tp: Any) -> Any:
         options = [a for a in typing.get_args(tp) if a is not type(None)]
         if value is None:
             return None
-        return _convert(key, value, options[0])
+        for option in options:  # bool | str: take the value as the first type it already is
+            if option in (bool, str) and type(value) is option:
+                return value
+        if len(options) == 1:
+            return _convert(key, value, options[0])
+        _fail(key, f"must be {' or '.join(_type_name(o) for o in options)}, got {value!r}")
     if isinstance(tp, type) and hasattr(tp, "__dataclass_fields__"):
         return _build(key, value, tp)
     if origin is list:
@@ -289,9 +277,18 @@ def _convert(key: str, value: Any, tp: Any) -> Any:
         _, val_tp = typing.get_args(tp)
         return {str(k): _convert(f"{key}.{k}", v, val_tp) for k, v in value.items()}
     if tp is float:
+        if isinstance(value, str) and _looks_numeric(value):
+            _fail(
+                key,
+                f"must be a number, got the string {value!r}; write it with a dot, e.g. 1.0e-3 (YAML 1.1)",
+            )
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             _fail(key, f"must be a number, got {value!r}")
         return float(value)
+    if tp is bool:
+        if not isinstance(value, bool):
+            _fail(key, f"must be true or false, got {value!r}")
+        return value
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
             _fail(key, f"must be an integer, got {value!r}")
@@ -314,6 +311,10 @@ def _build(prefix: str, data: Any, cls: type) -> Any:
         if key not in names:
             where = f"{prefix}.{key}" if prefix else str(key)
             _fail(where, f"unknown key (known: {', '.join(sorted(names))})")
+    required = [f.name for f in fields(cls) if f.default is MISSING and f.default_factory is MISSING]
+    for name in required:
+        if name not in data:
+            _fail(f"{prefix}.{name}" if prefix else name, "missing; params.yaml must set it")
     values = {
         name: _convert(f"{prefix}.{name}" if prefix else name, data[name], hints[name])
         for name in names

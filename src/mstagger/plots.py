@@ -192,7 +192,7 @@ def _read_metric_tsv(path: Path) -> pd.DataFrame | None:
     try:
         frame = pd.read_csv(path, sep="\t")
     except (OSError, ValueError) as err:
-        log.warning("evaluate: skipping %s in the training plot: %s", path, err)
+        log.warning("skipping %s in the training plot: %s", path, err)
         return None
     name = path.stem if path.stem in frame.columns else None
     if name is None:

@@ -16,6 +16,7 @@ import numpy as np
 
 from mstagger.audio import AudioError, load_clip, log_mel
 from mstagger.bundle import Bundle, load_bundle, resolve_device
+from mstagger.params import ParamsError, load_params
 from mstagger.util import UserError
 
 MIN_SECONDS = 1.0  # shorter files are refused: mostly padding, the tags would mean little
@@ -59,7 +60,9 @@ def main(argv: list[str] | None = None) -> int:
     """``mstagger predict``: print the top tags of each file (or JSON with every tag)."""
     parser = argparse.ArgumentParser(prog="mstagger predict", description=__doc__.splitlines()[0])
     parser.add_argument("files", nargs="+", type=Path, help="audio files (mp3, wav, flac, ogg)")
-    parser.add_argument("--model", type=Path, default=Path("models/model.pt"), help="model bundle")
+    parser.add_argument(
+        "--model", type=Path, help="model bundle (default: paths.model of ./params.yaml, the trained model)"
+    )
     parser.add_argument("--top", type=int, default=10, help="tags to print per file (default 10)")
     parser.add_argument("--json", action="store_true", help="print one JSON object: every tag's probability")
     parser.add_argument("--device", default="cpu", help="cpu (default), auto, cuda or cuda:N")
@@ -67,8 +70,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.top < 1:
         parser.error(f"--top must be at least 1, got {args.top}")
     try:
-        bundle = load_bundle(args.model, device=str(resolve_device(args.device)))
-    except UserError as err:
+        model = args.model if args.model is not None else Path(load_params().paths.model)
+        bundle = load_bundle(model, device=resolve_device(args.device, source="--device"))
+    except (UserError, ParamsError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     results, failed = {}, 0
@@ -89,5 +93,5 @@ def main(argv: list[str] | None = None) -> int:
             for j in order:
                 print(f"  {probs[j]:.3f}  {bundle.tags[j]}")
     if args.json:
-        print(json.dumps({"model": str(args.model), "git_rev": bundle.git_rev, "files": results}, indent=2))
+        print(json.dumps({"model": str(model), "git_rev": bundle.git_rev, "files": results}, indent=2))
     return 1 if failed else 0

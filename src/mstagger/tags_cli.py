@@ -2,8 +2,8 @@
 
 No audio and no features are needed: every annotation row is used (nothing is dropped as skipped), so
 the counts can differ slightly from the prepare stage's, which counts only the clips that extracted.
-Defaults come from ``params.yaml`` in the current folder when there is one (``--params`` names another),
-else from the built-in defaults; ``--split``, ``--top-n`` and ``--seed`` override them.
+The synonym groups and defaults come from ``params.yaml`` in the current folder (``--params`` names
+another); ``--split``, ``--top-n`` and ``--seed`` override them.
 """
 
 from __future__ import annotations
@@ -11,11 +11,13 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from mstagger.params import PARAMS_FILE, SPLIT_METHODS, Params, ParamsError, load_params
-from mstagger.prepare import leakage, read_annotations, read_clip_info, split_sizes, tag_and_split
+from mstagger.dataset import read_annotations, read_clip_info
+from mstagger.labels import leakage, split_sizes, tag_and_split
+from mstagger.params import PARAMS_FILE, SPLIT_METHODS, ParamsError, SplitParams, TagsParams, load_params
 from mstagger.util import UserError
 
 
@@ -40,30 +42,19 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--params",
         type=Path,
+        default=PARAMS_FILE,
         metavar="FILE",
-        help=f"parameters file for the defaults (default: {PARAMS_FILE} if present)",
+        help=f"parameters file: synonym groups and defaults (default: ./{PARAMS_FILE})",
     )
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     return p
 
 
-def _load_defaults(path: Path | None) -> Params:
-    if path is not None:
-        return load_params(path)
-    if PARAMS_FILE.is_file():
-        return load_params(PARAMS_FILE)
-    return Params()
-
-
 def tag_report(
     annotations_path: str | Path,
     clip_info_path: str | Path | None,
-    *,
-    synonyms: list[list[str]],
-    top_n: int,
-    method: str,
-    valid_size: float,
-    test_size: float,
+    tags: TagsParams,
+    split: SplitParams,
     seed: int,
 ) -> dict[str, Any]:
     """Merge, rank, split and measure leakage on the metadata files.
@@ -71,8 +62,8 @@ def tag_report(
     Args:
         annotations_path: MTAT ``annotations_final.csv``.
         clip_info_path: MTAT ``clip_info_final.csv``, or None to take artists and albums from file names.
-        synonyms, top_n: as ``tags.synonyms`` and ``tags.top_n``.
-        method, valid_size, test_size: as ``split.*``.
+        tags: the ``tags`` section (synonym groups, top_n).
+        split: the ``split`` section.
         seed: the split seed.
 
     Returns:
@@ -81,25 +72,16 @@ def tag_report(
     """
     annotations = read_annotations(annotations_path)
     clip_info = read_clip_info(clip_info_path) if clip_info_path is not None else None
-    tag_names, merged, top, meta, split = tag_and_split(
-        annotations,
-        clip_info,
-        synonyms=synonyms,
-        top_n=top_n,
-        method=method,
-        valid_size=valid_size,
-        test_size=test_size,
-        seed=seed,
-    )
+    found = tag_and_split(annotations, clip_info, tags, split, seed)
     return {
         "clips": len(annotations),
-        "tags_read": len(tag_names),
-        "tags_after_merge": merged.shape[1],
-        "split_method": method,
+        "tags_read": len(found.tags_read),
+        "tags_after_merge": found.merged.shape[1],
+        "split_method": split.method,
         "seed": seed,
-        "tags": [{"name": name, "count": count} for name, count in top],
-        "split_sizes": split_sizes(split),
-        "leakage": leakage(meta, split),
+        "tags": [{"name": name, "count": count} for name, count in found.top],
+        "split_sizes": split_sizes(found.split),
+        "leakage": leakage(found.meta, found.split),
     }
 
 
@@ -133,31 +115,24 @@ def main(argv: list[str] | None = None) -> int:
         argv: the arguments after ``tags`` (default: ``sys.argv[1:]``).
 
     Returns:
-        0 on success, 2 on a bad file or parameter (one ``error: ...`` line on stderr).
+        0 on success, 2 on a bad file, flag or parameter (one ``error: ...`` line on stderr).
     """
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.top_n is not None and args.top_n < 1:
+        parser.error(f"--top-n must be at least 1, got {args.top_n}")
+    if args.seed is not None and args.seed < 0:
+        parser.error(f"--seed must be non-negative, got {args.seed}")
     try:
-        params = _load_defaults(args.params)
-        top_n = params.tags.top_n if args.top_n is None else args.top_n
+        params = load_params(args.params)
+        tags = params.tags if args.top_n is None else replace(params.tags, top_n=args.top_n)
+        split = params.split if args.split is None else replace(params.split, method=args.split)
         seed = params.seed if args.seed is None else args.seed
-        if top_n < 1:
-            raise ParamsError(f"--top-n must be at least 1, got {top_n}")
-        if seed < 0:
-            raise ParamsError(f"--seed must be non-negative, got {seed}")
-        report = tag_report(
-            args.annotations,
-            args.clip_info,
-            synonyms=params.tags.synonyms,
-            top_n=top_n,
-            method=args.split or params.split.method,
-            valid_size=params.split.valid_size,
-            test_size=params.split.test_size,
-            seed=seed,
-        )
+        report = tag_report(args.annotations, args.clip_info, tags, split, seed)
     except (UserError, ParamsError) as err:
         message = str(err)
         if args.top_n is not None:  # the value came from the flag, not from params.yaml
-            message = message.replace("tags.top_n", "--top-n")
+            message = message.replace("params: tags.top_n", "--top-n")
         print(f"error: {message}", file=sys.stderr)
         return 2
     if args.json:

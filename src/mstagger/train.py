@@ -8,7 +8,6 @@ best validation ROC-AUC is written as the model bundle. Per-epoch curves go to d
 from __future__ import annotations
 
 import math
-from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -19,7 +18,7 @@ from torch import nn
 from tqdm import tqdm
 
 from mstagger.artifacts import load_inputs, load_stats
-from mstagger.bundle import git_revision, resolve_device, save_bundle
+from mstagger.bundle import Tagger, autocast, git_revision, predict_logits, resolve_device, save_bundle
 from mstagger.metrics import macro_scores
 from mstagger.model import MultiScaleCNN, count_parameters
 from mstagger.params import Params, load_params
@@ -106,8 +105,9 @@ class Trainer:
         self.data, self.params, self.device = data, params, device
         torch.manual_seed(params.seed)
         n_mels, n_frames = data.mel.shape[1:]
-        self.model = MultiScaleCNN(n_tags=len(data.tags), n_mels=n_mels, n_frames=n_frames)
-        self.model.to(device, memory_format=torch.channels_last)
+        network = MultiScaleCNN(n_tags=len(data.tags), n_mels=n_mels, n_frames=n_frames)
+        self.tagger = Tagger(network, data.mean, data.std).to(device, memory_format=torch.channels_last)
+        self.model = self.tagger.network
         self.optimizer = torch.optim.Adam(
             self.model.parameters(),
             lr=params.lr,
@@ -115,18 +115,7 @@ class Trainer:
             eps=1e-8,
             weight_decay=params.weight_decay,
         )
-        self.mean = torch.as_tensor(data.mean, device=device)[None, None, :, None]  # (1, 1, M, 1)
-        self.std = torch.as_tensor(data.std, device=device)[None, None, :, None]
-        self.bf16 = params.precision == "bf16"
         self.saved_any = False  # whether a bundle of this run has been written
-
-    def inputs(self, mels: torch.Tensor) -> torch.Tensor:
-        """Raw float16 log-mel (B, M, T) -> normalised float32 (B, 1, M, T), channels-last, on device."""
-        x = mels.to(self.device, non_blocking=True).unsqueeze(1).float()
-        return ((x - self.mean) / self.std).contiguous(memory_format=torch.channels_last)
-
-    def autocast(self):
-        return torch.autocast(self.device.type, dtype=torch.bfloat16) if self.bf16 else nullcontext()
 
     def train_epoch(self, epoch: int) -> float:
         """One pass over the training split; returns the mean training loss."""
@@ -145,9 +134,9 @@ class Trainer:
         total, count = 0.0, 0
         bar = tqdm(loader, desc=f"epoch {epoch}/{p.epochs}", unit="batch", leave=False, disable=None)
         for step, (mels, target) in enumerate(bar, start=1):
-            x, target = self.inputs(mels), target.to(self.device, non_blocking=True)
-            with self.autocast():
-                logits = self.model(x)
+            mels, target = mels.to(self.device, non_blocking=True), target.to(self.device, non_blocking=True)
+            with autocast(self.device, p.precision):
+                logits = self.tagger(mels)
             loss = nn.functional.binary_cross_entropy_with_logits(logits.float(), target)
             if not torch.isfinite(loss):
                 kept = (
@@ -191,27 +180,24 @@ class Trainer:
             chunk = rows[start : start + size]
             if len(chunk) < 2:
                 break
-            with self.autocast():
-                self.model(self.inputs(torch.from_numpy(np.ascontiguousarray(self.data.mel[chunk]))))
+            with autocast(self.device, self.params.precision):
+                self.tagger(torch.from_numpy(np.ascontiguousarray(self.data.mel[chunk])).to(self.device))
         for m, momentum in zip(norms, momenta, strict=True):
             m.momentum = momentum
         self.model.eval()
 
-    @torch.no_grad()
     def score(self, rows: np.ndarray) -> tuple[float, np.ndarray]:
-        """Mean loss and probabilities (len(rows), n_tags) of the network on ``rows``."""
-        self.model.eval()
-        probs, total = [], 0.0
-        for start in range(0, len(rows), self.params.batch_size):
-            chunk = rows[start : start + self.params.batch_size]
-            x = self.inputs(torch.from_numpy(np.ascontiguousarray(self.data.mel[chunk])))
-            target = torch.from_numpy(self.data.labels[chunk].astype(np.float32)).to(self.device)
-            with self.autocast():
-                logits = self.model(x).float()
-            total += nn.functional.binary_cross_entropy_with_logits(logits, target, reduction="sum").item()
-            probs.append(torch.sigmoid(logits).cpu().numpy())
-        n_cells = max(len(rows) * len(self.data.tags), 1)
-        return total / n_cells, np.concatenate(probs) if probs else np.zeros((0, len(self.data.tags)))
+        """Mean loss and probabilities (len(rows), n_tags) on ``rows``, through the one inference path."""
+        logits = predict_logits(
+            self.tagger,
+            self.data.mel,
+            rows,
+            precision=self.params.precision,
+            batch_size=self.params.batch_size,
+        )
+        target = torch.from_numpy(self.data.labels[rows].astype(np.float32))
+        loss = nn.functional.binary_cross_entropy_with_logits(logits, target).item() if len(rows) else 0.0
+        return loss, torch.sigmoid(logits).numpy()
 
 
 def _selection_key(scores: dict[str, Any], val_loss: float) -> tuple[float, float]:
@@ -236,7 +222,7 @@ def train(data: TrainData, params: Params, model_path: Path, log_dir: Path, git_
     if len(train_rows) < 2 or len(valid_rows) == 0:
         raise UserError(f"split has {len(train_rows)} train and {len(valid_rows)} valid clips; need more")
     log.info(
-        "train: %d train / %d valid clips, %d tags, input %s, %d parameters, %s, %s",
+        "%d train / %d valid clips, %d tags, input %s, %d parameters, %s, %s",
         len(train_rows),
         len(valid_rows),
         len(data.tags),
@@ -284,13 +270,12 @@ def train(data: TrainData, params: Params, model_path: Path, log_dir: Path, git_
                 }
                 save_bundle(
                     model_path,
-                    trainer.model,
+                    trainer.tagger,
                     data.tags,
-                    data.mean,
-                    data.std,
                     params.spectrogram,
+                    params.precision,
                     asdict(params),
-                    {**best, "epochs": params.epochs, "precision": params.precision},
+                    {**best, "epochs": params.epochs},
                     git_rev,
                 )
                 trainer.saved_any = True
@@ -320,7 +305,7 @@ def main() -> None:
     data = load_train_data(params.paths.features, params.paths.prepared)
     summary = train(data, params, Path(params.paths.model), Path(params.paths.train_log), git_revision())
     log.info(
-        "train: best epoch %d of %d (val roc-auc %.4f, pr-auc %.4f) -> %s in %.1f s",
+        "best epoch %d of %d (val roc-auc %.4f, pr-auc %.4f) -> %s in %.1f s",
         summary["best_epoch"],
         summary["epochs"],
         summary["val_roc_auc"],

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import errno
 import functools
 import json
 import logging
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -53,9 +55,9 @@ def write_json(path: str | Path, data: Any) -> None:
     write_text(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
 
 
-def setup_logging() -> None:
-    """Log INFO lines to stderr as ``stage: message``."""
-    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr, force=True)
+def setup_logging(stage: str) -> None:
+    """Log INFO lines to stderr as ``<stage>: message``: the logger adds the stage's name."""
+    logging.basicConfig(level=logging.INFO, format=f"{stage}: %(message)s", stream=sys.stderr, force=True)
 
 
 @contextmanager
@@ -65,12 +67,21 @@ def timed() -> Iterator[Callable[[], float]]:
     yield lambda: round(time.perf_counter() - start, 3)
 
 
+def _stage_name(func: Callable[..., Any]) -> str:
+    """The stage a ``main`` belongs to: its module's last name, also when run as ``python -m``."""
+    module = func.__module__
+    if module == "__main__":
+        spec = getattr(sys.modules["__main__"], "__spec__", None)
+        module = spec.name if spec is not None else module
+    return module.rsplit(".", 1)[-1]
+
+
 def stage_main(func: Callable[[], Any]) -> Callable[[], None]:
     """Wrap a stage's ``main``: expected failures become one ``error: ...`` line and exit status 2."""
 
     @functools.wraps(func)
     def wrapper() -> None:
-        setup_logging()
+        setup_logging(_stage_name(func))
         try:
             func()
         except (ParamsError, UserError) as err:
@@ -81,3 +92,38 @@ def stage_main(func: Callable[[], Any]) -> Callable[[], None]:
             raise SystemExit(130) from None
 
     return wrapper
+
+
+_DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
+def human_size(n: float) -> str:
+    """``n`` bytes as ``512 B``, ``3.1 MB``, ``4.2 GB`` (powers of 1000)."""
+    for unit in ("B", "KB", "MB", "GB"):
+        if abs(n) < 1000 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    raise AssertionError("unreachable")
+
+
+@contextmanager
+def disk_guard(folder: str | Path, needed: int | None = None) -> Iterator[None]:
+    """Turn "no space left on device" into a one-line error naming the folder (and the size, if known)."""
+    try:
+        yield
+    except OSError as err:
+        if err.errno not in _DISK_FULL:
+            raise
+        need = f"; about {human_size(needed)} needed" if needed else ""
+        raise UserError(
+            f"disk full while writing into {folder}{need}; free some space and run again"
+        ) from None
+
+
+def check_free(folder: str | Path, needed: int) -> None:
+    """Fail before writing when ``folder``'s file system cannot hold ``needed`` more bytes."""
+    free = shutil.disk_usage(folder).free
+    if needed > free:
+        raise UserError(
+            f"not enough disk space in {folder}: {human_size(needed)} needed, {human_size(free)} free"
+        )

@@ -47,7 +47,7 @@ MTAT's format itself (file names, folders, the folder split, the CSV lines) come
 """
 
 from mstagger.demo.arrangement import synthesise_song
-from mstagger.demo.catalogue import SPELLINGS, Catalogue, plan_catalogue, slugify
+from mstagger.demo.catalogue import SPELLINGS, Catalogue, plan_catalogue
 from mstagger.demo.files import generate_demo
 
-__all__ = ["SPELLINGS", "Catalogue", "generate_demo", "plan_catalogue", "slugify", "synthesise_song"]
+__all__ = ["SPELLINGS", "Catalogue", "generate_demo", "plan_catalogue", "synthesise_song"]

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from mstagger.dataset import AUDIO_FOLDERS, FOLDER_SPLIT
+from mstagger.dataset import AUDIO_FOLDERS, FOLDER_SPLIT, clip_path, slugify
 from mstagger.demo.randomness import pick
 from mstagger.demo.styles import STYLES, VARIANTS, Recipe, make_recipe
 from mstagger.params import DemoParams
@@ -163,17 +163,6 @@ def _segment(k: int) -> tuple[int, int]:
     """MTAT's k-th segment of a song: 0-29, 30-59, 59-88, 88-117, ..."""
     start = 0 if k == 0 else SEGMENT_SECONDS * k + 1
     return start, start + SEGMENT_SECONDS
-
-
-def slugify(text: str) -> str:
-    """MTAT's file-name rule: lower case, space . : , ; / & become ``_``, other punctuation dropped."""
-    out = []
-    for ch in text.lower():
-        if ch.isascii() and ch.isalnum():
-            out.append(ch)
-        elif ch in " .:,;/&":
-            out.append("_")
-    return "".join(out)
 
 
 def _unique(rng: np.random.Generator, make: Callable[[], str], taken: set[str]) -> str:
@@ -359,10 +348,7 @@ def plan_catalogue(params: DemoParams, seed: int) -> Catalogue:
                     path = ""
                     tags: tuple[str, ...] = ()
                     if k != silent:
-                        path = (
-                            f"{folder}/{slugify(artist)}-{slugify(album)}-{int(track):02d}-"
-                            f"{slugify(title)}-{start}-{end}.mp3"
-                        )
+                        path = clip_path(folder, artist, album, int(track), title, start, end)
                         tags = _annotate(recipe, prefs, srng)
                     rows.append(Clip(clip_id, song.index, start, end, path, tags, ""))
     # Clips without any tag, and the broken files, drawn among the clips with audio.

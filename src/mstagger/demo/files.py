@@ -20,9 +20,10 @@ from mstagger.dataset import (
     CLIP_INFO_FILE,
     CSV_FILES,
     format_line,
+    slugify,
 )
 from mstagger.demo.arrangement import synthesise_song
-from mstagger.demo.catalogue import CLIP_SECONDS, Catalogue, Song, plan_catalogue, slugify
+from mstagger.demo.catalogue import CLIP_SECONDS, Catalogue, Song, plan_catalogue
 from mstagger.demo.instruments import note_template
 from mstagger.params import DemoParams
 from mstagger.util import atomic_path, write_text

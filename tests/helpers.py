@@ -1,0 +1,141 @@
+"""Shared test helpers: the repository's params.yaml as the base of test parameters; MTAT-format writers.
+
+The writers follow MTAT's published format on their own (not through ``mstagger.dataset``), so the
+readers are tested against the format, not against themselves.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import yaml
+
+from mstagger.params import Params, params_from_dict
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_MTAT = REPO.parent / "shared" / "mtat"
+
+
+def repo_params_dict() -> dict[str, Any]:
+    """The repository's params.yaml as a plain mapping (a fresh copy each call)."""
+    return copy.deepcopy(yaml.safe_load((REPO / "params.yaml").read_text(encoding="utf-8")))
+
+
+def merged(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """``base`` with ``overrides`` applied; nested mappings merge key by key."""
+    out = copy.deepcopy(base)
+    for key, value in overrides.items():
+        if dataclasses.is_dataclass(value):  # a section object, e.g. DownloadParams(...), replaces it whole
+            value = {k: v for k, v in dataclasses.asdict(value).items() if v is not None}
+            out[key] = value
+            continue
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merged(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def make_params(**overrides: Any) -> Params:
+    """Validated params: the repository's params.yaml with ``overrides`` merged in."""
+    return params_from_dict(merged(repo_params_dict(), overrides))
+
+
+def write_mtat_table(path: Path, header: list[str], rows: list[list[object]]) -> Path:
+    """Write a table as MTAT does: tab-separated, every field double-quoted, CRLF line ends."""
+    lines = ["\t".join(f'"{v}"' for v in line) for line in [header, *rows]]
+    path.write_bytes(("\r\n".join(lines) + "\r\n").encode("utf-8"))
+    return path
+
+
+def write_annotations(path: Path, tags: list[str], clips: list[tuple[str, str, list[int]]]) -> Path:
+    """clips: (clip_id, mp3_path, 0/1 per tag)."""
+    rows = [[cid, *values, mp3] for cid, mp3, values in clips]
+    return write_mtat_table(path, ["clip_id", *tags, "mp3_path"], rows)
+
+
+def write_clip_info(path: Path, clips: list[tuple[str, str, str, str]]) -> Path:
+    """clips: (clip_id, artist, album, mp3_path)."""
+    header = [
+        "clip_id",
+        "track_number",
+        "title",
+        "artist",
+        "album",
+        "url",
+        "segmentStart",
+        "segmentEnd",
+        "original_url",
+        "mp3_path",
+    ]
+    rows = [[cid, "01", "t", artist, album, "u", "0", "29", "o", mp3] for cid, artist, album, mp3 in clips]
+    return write_mtat_table(path, header, rows)
+
+
+def toy_catalogue(n_artists: int = 6, albums: int = 2, songs: int = 3, clips: int = 4) -> pd.DataFrame:
+    """Clips in MTAT's path layout; each album lives in one folder, folders cycle through 0..f."""
+    rows = []
+    cid = 0
+    folders = "0123456789abcdef"
+    for a in range(n_artists):
+        for b in range(albums):
+            folder = folders[(a * albums + b) % 16]
+            for s in range(songs):
+                for c in range(clips):
+                    start = 29 * c
+                    path = f"{folder}/artist_{a}-album_{b}-{s + 1:02d}-song_{s}-{start}-{start + 29}.mp3"
+                    rows.append(
+                        {
+                            "clip_id": str(cid),
+                            "mp3_path": path,
+                            "artist_name": f"Artist {a}",
+                            "album_name": f"Album {b}",
+                        }
+                    )
+                    cid += 1
+    return pd.DataFrame(rows)
+
+
+def make_fake_project(
+    tmp_path: Path, n_mels: int = 4, n_frames: int = 6, shuffle_index: bool = False
+) -> dict:
+    """A tiny raw folder and features folder: 20 annotated clips, one skipped, one never extracted.
+
+    ``shuffle_index`` lists the extracted clips in another order than the annotations.
+    """
+    cat = toy_catalogue(n_artists=5, albums=1, songs=2, clips=2)  # 20 clips, folders 0..4
+    cat["mp3_path"] = [p.replace(p[0], "0123456789abcdef"[i % 16], 1) for i, p in enumerate(cat["mp3_path"])]
+    tags = ["rock", "guitar", "guitars", "slow", "quiet"]
+    rng = np.random.default_rng(1)
+    values = rng.integers(0, 2, size=(len(cat), len(tags)))
+    raw, features = tmp_path / "data" / "raw", tmp_path / "data" / "features"
+    raw.mkdir(parents=True)
+    features.mkdir(parents=True)
+    write_annotations(
+        raw / "annotations_final.csv",
+        tags,
+        [(cid, mp3, list(v)) for cid, mp3, v in zip(cat["clip_id"], cat["mp3_path"], values, strict=True)],
+    )
+    write_clip_info(
+        raw / "clip_info_final.csv",
+        list(zip(cat["clip_id"], cat["artist_name"], cat["album_name"], cat["mp3_path"], strict=True)),
+    )
+    skipped_id, missing_id = "4", "11"
+    kept = cat[~cat["clip_id"].isin([skipped_id, missing_id])].reset_index(drop=True)
+    if shuffle_index:
+        kept = kept.iloc[rng.permutation(len(kept))].reset_index(drop=True)
+    index = pd.DataFrame({"row": range(len(kept)), "clip_id": kept["clip_id"], "mp3_path": kept["mp3_path"]})
+    index["seconds"] = 29.1
+    index.to_csv(features / "index.csv", index=False)
+    skipped_path = cat.loc[cat["clip_id"] == skipped_id, "mp3_path"].item()
+    pd.DataFrame([{"clip_id": skipped_id, "mp3_path": skipped_path, "bytes": 0, "reason": "empty"}]).to_csv(
+        features / "skipped.csv", index=False
+    )
+    mel = rng.normal(size=(len(kept), n_mels, n_frames)).astype(np.float16)
+    np.save(features / "mel.npy", mel)
+    return {"raw": raw, "features": features, "tags": tags, "values": values, "cat": cat, "index": index}
