@@ -1,33 +1,114 @@
-"""Benchmark: training-step throughput of our Trainer against the plain reference set-up, in one run.
+"""Benchmark: training at MTAT size, the seed loop against ours with each optimisation switched on in turn.
 
-Reference: the paper's network trained the way a straightforward PyTorch port does it (float32,
-contiguous NCHW tensors). Ours: the same network through ``mstagger.train.Trainer`` (channels-last
-memory, bf16 autocast when ``precision: bf16``). Both see the same random batches of the real input
-geometry (batch 32 x 1 x 128 x 628, 50 tags) on the same device.
+Random float16 features of MTAT's geometry (18,706 train and 1,825 valid clips of 128 x 628, 50 tags)
+are written to a memory-mapped ``.npy``, then trained on, side by side in one run:
 
-    python bench/bench_train.py [--steps 6] [--batch 32] [--device auto]
+- ``seed loop``: what the PyTorch reimplementation does: float32, NCHW, a DataLoader over the whole
+  array in host memory, ``loss.item()`` after every step, validation in float32 each epoch;
+- ours, through the real training code (``mstagger.train``), adding in turn: channels-last memory and
+  our loop (losses summed on the device, no per-step sync; batches streamed from the memory map), the
+  device settings of ``prepare_device`` (cuDNN autotuning; on the CPU, malloc keeping the heap), bf16
+  autocast, the features resident on the device, fused Adam, ``torch.compile``, CUDA graphs.
 
-Prints a table and writes the figures to bench/results/train.json.
+Every variant uses batch 32 and the paper's recipe (no BatchNorm re-estimation). For each: seconds per
+epoch including validation, clips per second, peak host and device memory, the projected time of the
+40-epoch recipe and the ratio to the seed loop. On a GPU whole epochs run (``--epochs``; the first,
+with its warm-up and compilation, is reported apart); on the CPU ``--steps`` training steps and
+``--valid-batches`` validation batches are timed and an epoch is projected from them.
+
+    python bench/bench_train.py [--device auto] [--epochs 2] [--steps 6] [--valid-batches 4]
+
+Runs with ``PYTHONPATH=src`` and torch, numpy and scikit-learn alone. Prints a table and writes
+``bench/results/train-<cpu|cuda>.json``.
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import json
+import os
 import platform
+import tempfile
+import threading
 import time
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
+from mstagger.batches import DeviceSource, StreamSource, epoch_batches
 from mstagger.bundle import resolve_device
+from mstagger.distributed import World
+from mstagger.metrics import macro_scores
 from mstagger.model import MultiScaleCNN
-from mstagger.params import params_from_dict
-from mstagger.train import TrainData, Trainer
+from mstagger.params import load_params
+from mstagger.train import TrainData, build_tagger, make_optimizer, prepare_device, train_epoch, validate
 
-RESULTS = Path(__file__).resolve().parent / "results" / "train.json"
+RESULTS = Path(__file__).resolve().parent / "results"
+REPO = Path(__file__).resolve().parents[1]
+N_MELS, N_FRAMES, N_TAGS, BATCH, EPOCHS = 128, 628, 50, 32, 40
+
+
+@dataclass(frozen=True)
+class Variant:
+    name: str
+    precision: str = "fp32"
+    on_device: bool = False
+    fused: bool = False
+    compile: str = "none"
+    seed_loop: bool = False
+    cuda_only: bool = False
+    tuned: bool = False  # train.prepare_device; process-wide, so every later variant has it too
+
+
+def _cumulative() -> tuple[Variant, ...]:
+    """Each variant adds one optimisation to the one before it."""
+    steps = (
+        ("+ device settings (CPU: malloc keeps the heap)", {"tuned": True}),
+        ("+ bf16 autocast", {"precision": "bf16"}),
+        ("+ data on the device", {"on_device": True}),
+        ("+ fused Adam", {"fused": True, "cuda_only": True}),
+        ("+ torch.compile", {"compile": "default"}),
+        ("+ CUDA graphs (compile reduce-overhead)", {"compile": "reduce-overhead"}),
+    )
+    variants = [Variant("ours: channels-last, device-side loss, streamed")]
+    for name, change in steps:
+        variants.append(replace(variants[-1], name=name, **change))
+    return (Variant("seed loop (fp32, NCHW, DataLoader, .item() per step)", seed_loop=True), *variants)
+
+
+VARIANTS = _cumulative()
+
+
+class PeakMemory:
+    """Peak anonymous resident memory of this process while the block runs (sampled every 20 ms).
+
+    Anonymous: what the process holds, not the pages of the memory-mapped features it has touched
+    (the OS page cache, which it can drop at will).
+    """
+
+    def __enter__(self) -> PeakMemory:
+        self.peak, self._stop = 0, threading.Event()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+        self._thread.start()
+        return self
+
+    def _anon(self) -> int:
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) * 1024 for line in f if line.startswith("RssAnon"))
+
+    def _watch(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self._anon())
+            time.sleep(0.02)
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, self._anon())
 
 
 def sync(device: torch.device) -> None:
@@ -35,98 +116,219 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def time_steps(step, steps: int, device: torch.device) -> float:
-    """Seconds per step, after two warm-up steps."""
-    for _ in range(2):
-        step()
+def make_features(folder: Path, n_train: int, n_valid: int) -> TrainData:
+    """Random float16 log-mel-like features and labels of MTAT's geometry, as a memory-mapped file."""
+    n = n_train + n_valid
+    rng = np.random.default_rng(0)
+    path = folder / "mel.npy"
+    mel = np.lib.format.open_memmap(path, mode="w+", dtype=np.float16, shape=(n, N_MELS, N_FRAMES))
+    for start in range(0, n, 512):
+        stop = min(n, start + 512)
+        mel[start:stop] = rng.standard_normal((stop - start, N_MELS, N_FRAMES), dtype=np.float32)
+    mel.flush()
+    del mel
+    labels = (rng.random((n, N_TAGS)) < 0.06).astype(np.uint8)  # MTAT's top-50 density is ~6%
+    return TrainData(
+        mel=np.load(path, mmap_mode="r"),
+        labels=labels,
+        tags=[f"tag{j}" for j in range(N_TAGS)],
+        split=np.array(["train"] * n_train + ["valid"] * n_valid),
+        mean=np.zeros(N_MELS, np.float32),
+        std=np.ones(N_MELS, np.float32),
+    )
+
+
+class SeedLoop:
+    """The reimplementation's loop: the whole array in host memory, a DataLoader, fp32, NCHW."""
+
+    def __init__(self, data: TrainData, device: torch.device) -> None:
+        self.host = np.array(data.mel)  # read whole into host memory, as the reimplementation does
+        self.data, self.device = data, device
+        torch.manual_seed(0)
+        self.model = MultiScaleCNN(n_tags=N_TAGS).to(device)
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=1e-3)
+
+    def _loader(self, rows: np.ndarray, shuffle: bool) -> torch.utils.data.DataLoader:
+        host, labels = self.host, self.data.labels
+
+        class Clips(torch.utils.data.Dataset):
+            def __len__(self) -> int:
+                return len(rows)
+
+            def __getitem__(self, i: int):
+                x = torch.from_numpy(host[rows[i]].astype(np.float32))
+                return x, torch.from_numpy(labels[rows[i]].astype(np.float32))
+
+        return torch.utils.data.DataLoader(Clips(), batch_size=BATCH, shuffle=shuffle)
+
+    def train(self, n_steps: int) -> None:
+        self.model.train()
+        for step, (x, y) in enumerate(self._loader(self.data.rows("train"), shuffle=True)):
+            if step == n_steps:
+                break
+            x, y = x.to(self.device).unsqueeze(1), y.to(self.device)  # (B, 1, M, T)
+            loss = nn.functional.binary_cross_entropy_with_logits(self.model(x), y)
+            self.optimizer.zero_grad()
+            loss.backward()
+            self.optimizer.step()
+            loss.item()  # the per-step synchronisation of the reimplementation's logging
+
+    @torch.no_grad()
+    def validate(self, rows: np.ndarray) -> None:
+        self.model.eval()
+        probs = [
+            torch.sigmoid(self.model(x.to(self.device).unsqueeze(1))).cpu().numpy()
+            for x, _ in self._loader(rows, shuffle=False)
+        ]
+        macro_scores(self.data.labels[rows], np.concatenate(probs))
+
+
+class OurLoop:
+    """Ours, through the real training code of mstagger.train, with the variant's optimisations."""
+
+    def __init__(self, data: TrainData, variant: Variant, device: torch.device) -> None:
+        self.params = replace(
+            load_params(REPO / "params.yaml"),
+            precision=variant.precision,
+            batch_size=BATCH,
+            bn_recalibration_clips=0,
+            compile=variant.compile,
+        )
+        self.data, self.device, self.world = data, device, World()
+        if variant.tuned:
+            prepare_device(device)
+        self.tagger = build_tagger(data, self.params, device, self.world)
+        if variant.fused:
+            self.optimizer = make_optimizer(self.tagger, self.params, device)  # fused on CUDA
+        else:
+            self.optimizer = torch.optim.Adam(self.tagger.network.parameters(), lr=1e-3, foreach=True)
+        compiled = variant.compile != "none"
+        self.model = torch.compile(self.tagger, mode=variant.compile) if compiled else self.tagger
+        resident = np.concatenate([data.rows("train"), data.rows("valid")])
+        workers = 4 if device.type == "cuda" else 0
+        self.source = (
+            DeviceSource(data.mel, data.labels, resident, device)
+            if variant.on_device
+            else StreamSource(data.mel, data.labels, device, workers)
+        )
+        self.epoch = 0
+
+    def train(self, n_steps: int) -> None:
+        self.epoch += 1
+        batches = epoch_batches(self.data.rows("train"), BATCH, self.params.seed, self.epoch)[:n_steps]
+        args = (self.params.precision, self.device, self.world, "epoch")
+        train_epoch(self.model, self.optimizer, self.source.batches(batches), len(batches), *args)
+
+    def validate(self, rows: np.ndarray) -> None:
+        validate(self.tagger, self.source, self.data, rows, self.params)
+
+
+def timed(device: torch.device, work) -> float:
     sync(device)
     start = time.perf_counter()
-    for _ in range(steps):
-        step()
+    work()
     sync(device)
-    return (time.perf_counter() - start) / steps
+    return time.perf_counter() - start
+
+
+def measure(loop, device: torch.device, whole_epochs: int, n_steps: int, n_valid: int) -> dict:
+    """Seconds of the first and of a steady epoch (whole epochs), or of an epoch projected from samples."""
+    data = loop.data
+    steps_per_epoch, valid = len(data.rows("train")) // BATCH, data.rows("valid")
+    valid_batches = -(-len(valid) // BATCH)
+    if whole_epochs:
+        epochs = [
+            timed(device, lambda: (loop.train(steps_per_epoch + 1), loop.validate(valid)))
+            for _ in range(whole_epochs)
+        ]
+        first, steady = epochs[0], epochs[-1]
+        return {
+            "first_epoch_s": first,
+            "s_per_epoch": steady,
+            "s_per_step": None,
+            "recipe_40_epochs_s": first + (EPOCHS - 1) * steady,
+            "measured": f"{whole_epochs} whole epochs",
+        }
+    loop.train(2)  # warm-up
+    step_s = timed(device, lambda: loop.train(n_steps)) / n_steps
+    rows = valid[: n_valid * BATCH]
+    valid_batch_s = timed(device, lambda: loop.validate(rows)) / n_valid
+    epoch_s = steps_per_epoch * step_s + valid_batches * valid_batch_s
+    return {
+        "first_epoch_s": None,
+        "s_per_epoch": epoch_s,
+        "s_per_step": step_s,
+        "recipe_40_epochs_s": EPOCHS * epoch_s,
+        "measured": f"{n_steps} steps and {n_valid} validation batches, projected to an epoch",
+    }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=6)
-    parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--epochs", type=int, default=2, help="GPU: whole epochs per variant")
+    parser.add_argument("--steps", type=int, default=6, help="CPU: timed training steps per variant")
+    parser.add_argument("--valid-batches", type=int, default=4, help="CPU: timed validation batches")
+    parser.add_argument("--train-clips", type=int, default=18706)
+    parser.add_argument("--valid-clips", type=int, default=1825)
+    parser.add_argument("--only", nargs="*", type=int, help="variant numbers to run (default: all)")
     args = parser.parse_args()
-    device = resolve_device(args.device)
-    rng = np.random.default_rng(0)
-    n, tags = args.batch, 50
-    mel = rng.normal(size=(n, 128, 628)).astype(np.float16)
-    labels = (rng.random((n, tags)) < 0.1).astype(np.uint8)
-    x16 = torch.from_numpy(mel)
-    target = torch.from_numpy(labels.astype(np.float32)).to(device)
-
-    torch.manual_seed(0)
-    ref = MultiScaleCNN(n_tags=tags).to(device)
-    ref_opt = torch.optim.Adam(ref.parameters(), lr=1e-3)
-    x_ref = x16.float().unsqueeze(1).to(device)
-
-    def ref_step() -> None:
-        ref_opt.zero_grad()
-        nn.functional.binary_cross_entropy_with_logits(ref(x_ref), target).backward()
-        ref_opt.step()
-
+    device = resolve_device(args.device, source="--device")
+    whole_epochs = args.epochs if device.type == "cuda" else 0  # whole epochs on a GPU only
     rows = []
-    ref_s = time_steps(ref_step, args.steps, device)
-    rows.append({"implementation": "reference (fp32, NCHW)", "s_per_step": ref_s})
-    data = TrainData(
-        mel=mel,
-        labels=labels,
-        tags=[str(j) for j in range(tags)],
-        split=np.array(["train"] * n),
-        mean=np.zeros(128, np.float32),
-        std=np.ones(128, np.float32),
-    )
-    for precision in ("fp32", "bf16"):
-        trainer = Trainer(data, params_from_dict({"precision": precision}), device)
-        trainer.model.train()
-
-        def our_step(trainer: Trainer = trainer) -> None:
-            x = trainer.inputs(x16)
-            with trainer.autocast():
-                logits = trainer.model(x)
-            loss = nn.functional.binary_cross_entropy_with_logits(logits.float(), target)
-            trainer.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            trainer.optimizer.step()
-
-        rows.append(
-            {
-                "implementation": f"mstagger Trainer ({precision}, channels-last)",
-                "s_per_step": time_steps(our_step, args.steps, device),
-            }
-        )
+    with tempfile.TemporaryDirectory(dir=REPO / "bench") as tmp:
+        data = make_features(Path(tmp), args.train_clips, args.valid_clips)
+        for number, variant in enumerate(VARIANTS):
+            if (args.only and number not in args.only) or (variant.cuda_only and device.type != "cuda"):
+                continue
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+                torch.cuda.reset_peak_memory_stats(device)
+            with PeakMemory() as memory:
+                loop = SeedLoop(data, device) if variant.seed_loop else OurLoop(data, variant, device)
+                row = {
+                    "variant": variant.name,
+                    **measure(loop, device, whole_epochs, args.steps, args.valid_batches),
+                }
+                del loop
+                gc.collect()  # the seed loop's host copy of the features lives in reference cycles
+            row["clips_per_s"] = args.train_clips / row["s_per_epoch"]
+            row["peak_host_gib"] = memory.peak / 2**30
+            row["peak_device_gib"] = torch.cuda.max_memory_allocated(device) / 2**30 if whole_epochs else None
+            rows.append(row)
+            print(f"{row['variant']:55s} {row['s_per_epoch']:9.1f} s/epoch", flush=True)
+    seed = rows[0] if rows and VARIANTS[0].name == rows[0]["variant"] else None
     for row in rows:
-        row["clips_per_s"] = n / row["s_per_step"]
-        row["speedup_vs_reference"] = ref_s / row["s_per_step"]
+        row["speedup_vs_seed_loop"] = seed["s_per_epoch"] / row["s_per_epoch"] if seed else None
+        if seed and row["s_per_step"]:
+            row["step_speedup_vs_seed_loop"] = seed["s_per_step"] / row["s_per_step"]
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
-    print(f"device: {device} ({name}), torch {torch.__version__}, batch {n}, {args.steps} timed steps")
-    print(f"{'implementation':42s} {'s/step':>8s} {'clips/s':>9s} {'speed-up':>9s}")
-    for row in rows:
+    print(f"\ndevice: {device} ({name}), torch {torch.__version__}, {os.cpu_count()} CPUs, batch {BATCH}")
+    print(f"{'variant':55s} {'s/epoch':>8s} {'clips/s':>8s} {'40 ep. s':>9s} {'host GiB':>8s} {'x seed':>7s}")
+    for r in rows:
         print(
-            f"{row['implementation']:42s} {row['s_per_step']:8.3f} {row['clips_per_s']:9.1f} "
-            f"{row['speedup_vs_reference']:8.2f}x"
+            f"{r['variant']:55s} {r['s_per_epoch']:8.1f} {r['clips_per_s']:8.1f} "
+            f"{r['recipe_40_epochs_s']:9.0f} {r['peak_host_gib']:8.2f} {r['speedup_vs_seed_loop'] or 0:6.2f}x"
         )
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(
-        json.dumps(
-            {
-                "device": str(device),
-                "device_name": name,
-                "torch": torch.__version__,
-                "batch": n,
-                "rows": rows,
-            },
-            indent=2,
-        )
-        + "\n"
-    )
-    print(f"wrote {RESULTS}")
+    out = RESULTS / f"train-{device.type}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    report = {
+        "benchmark": "train",
+        "device": str(device),
+        "device_name": name,
+        "cpus": os.cpu_count(),
+        "torch": torch.__version__,
+        "geometry": {
+            "train": args.train_clips,
+            "valid": args.valid_clips,
+            "mels": N_MELS,
+            "frames": N_FRAMES,
+        },
+        "batch": BATCH,
+        "rows": rows,
+    }
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"wrote {out}")
 
 
 if __name__ == "__main__":

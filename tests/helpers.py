@@ -139,3 +139,60 @@ def make_fake_project(
     mel = rng.normal(size=(len(kept), n_mels, n_frames)).astype(np.float16)
     np.save(features / "mel.npy", mel)
     return {"raw": raw, "features": features, "tags": tags, "values": values, "cat": cat, "index": index}
+
+
+def tiny_train_data(n: int = 48, seed: int = 0, n_mels: int = 16, n_frames: int = 64, n_tags: int = 4):
+    """Tiny learnable training inputs: tag j raises the energy of mel bands 4j..4j+3.
+
+    Returns:
+        A :class:`mstagger.train.TrainData` with ``n - 16`` train, 8 valid and 8 test clips.
+    """
+    from mstagger.train import TrainData
+
+    rng = np.random.default_rng(seed)
+    labels = (rng.random((n, n_tags)) < 0.4).astype(np.uint8)
+    mel = rng.normal(size=(n, n_mels, n_frames)).astype(np.float32)
+    for j in range(n_tags):
+        mel[labels[:, j] == 1, 4 * j : 4 * j + 4] += 2.0
+    split = np.array(["train"] * (n - 16) + ["valid"] * 8 + ["test"] * 8)
+    return TrainData(
+        mel=mel.astype(np.float16),
+        labels=labels,
+        tags=[f"tag{j}" for j in range(n_tags)],
+        split=split,
+        mean=np.zeros(n_mels, np.float32),
+        std=np.ones(n_mels, np.float32),
+    )
+
+
+def write_train_inputs(root: Path, data) -> None:
+    """Write ``data`` as extract and prepare would, under ``root``'s data/features and data/prepared."""
+    import json
+
+    features, prepared = root / "data" / "features", root / "data" / "prepared"
+    features.mkdir(parents=True, exist_ok=True)
+    prepared.mkdir(parents=True, exist_ok=True)
+    np.save(features / "mel.npy", data.mel)
+    ids = [str(100 + i) for i in range(len(data.mel))]
+    paths = [f"0/a-b-01-s-{i}-{i + 29}.mp3" for i in range(len(data.mel))]
+    pd.DataFrame({"row": range(len(ids)), "clip_id": ids, "mp3_path": paths, "seconds": 29.1}).to_csv(
+        features / "index.csv", index=False
+    )
+    np.save(prepared / "labels.npy", data.labels)
+    counts = data.labels.sum(axis=0)
+    tags = {"tags": [{"name": t, "count": int(c)} for t, c in zip(data.tags, counts, strict=True)]}
+    (prepared / "tags.json").write_text(json.dumps(tags))
+    pd.DataFrame({"clip_id": ids, "split": data.split}).to_csv(prepared / "split.csv", index=False)
+    stats = {
+        "mean": data.mean.tolist(),
+        "std": data.std.tolist(),
+        "n_clips": int((data.split == "train").sum()),
+    }
+    (prepared / "stats.json").write_text(json.dumps(stats))
+
+
+def write_params(root: Path, **overrides: Any) -> dict[str, Any]:
+    """Write the repository's params.yaml with ``overrides`` merged in to ``root``; return the mapping."""
+    params = merged(repo_params_dict(), overrides)
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    return params

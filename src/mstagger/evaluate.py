@@ -236,7 +236,7 @@ def format_summary(result: dict[str, Any], seconds: float) -> str:
     base = result["baseline"]
     return "\n".join(
         [
-            f"evaluate: {result['n_clips']} test clips, {result['n_tags_scored']} tags scored, "
+            f"{result['n_clips']} test clips, {result['n_tags_scored']} tags scored, "
             f"{result['n_tags_excluded']} excluded, {seconds:.1f} s",
             "              ROC-AUC  PR-AUC",
             f"  network      {cell(result['roc_auc'])}   {cell(result['pr_auc'])}",

@@ -20,6 +20,8 @@ PARAMS_FILE = Path("params.yaml")
 DATASETS = ("demo", "mtat")
 SPLIT_METHODS = ("folder", "random", "song", "artist")
 PRECISIONS = ("bf16", "fp32")
+# torch.compile modes; reduce-overhead adds CUDA graphs. "none" trains eagerly.
+COMPILE_MODES = ("none", "default", "reduce-overhead", "max-autotune")
 
 
 class ParamsError(ValueError):
@@ -38,6 +40,7 @@ class PathsParams:
     features: str
     prepared: str
     model: str
+    checkpoint: str
     train_log: str
     metrics: str
     plots: str
@@ -200,6 +203,9 @@ class Params:
     precision: str = "bf16"
     num_workers: int = 0
     bn_recalibration_clips: int = 2048
+    data_on_device: bool | str = "auto"
+    compile: str = "none"
+    nproc_per_node: int = 1
     demo: DemoParams = DemoParams()
     download: DownloadParams = DownloadParams()
     spectrogram: SpectrogramParams = SpectrogramParams()
@@ -236,6 +242,12 @@ class Params:
             )
         if self.num_workers < 0:
             _fail("num_workers", f"must be non-negative, got {self.num_workers}")
+        if self.data_on_device not in (True, False, "auto"):
+            _fail("data_on_device", f"must be auto, true or false, got {self.data_on_device!r}")
+        if self.compile not in COMPILE_MODES:
+            _fail("compile", f"must be one of {', '.join(COMPILE_MODES)}, got {self.compile!r}")
+        if self.nproc_per_node < 1:
+            _fail("nproc_per_node", f"must be at least 1, got {self.nproc_per_node}")
 
 
 def _type_name(tp: Any) -> str:

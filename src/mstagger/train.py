@@ -1,8 +1,14 @@
-"""Stage ``train``: fit the multi-scale CNN with the paper's recipe and keep the best validation model.
+"""Stage ``train``: fit the multi-scale CNN with the paper's recipe and keep the best validation epoch.
 
-Adam, binary cross-entropy on logits, the learning rate divided by 10 after the milestone epochs.
-After each epoch the validation split is scored (macro ROC-AUC and PR-AUC, loss); the epoch with the
-best validation ROC-AUC is written as the model bundle. Per-epoch curves go to dvclive.
+Adam, binary cross-entropy on logits, the learning rate divided by 10 after the milestone epochs. After
+each epoch BatchNorm's statistics are re-estimated (``bn_recalibration_clips``), the validation split is
+scored through the one inference path (:func:`mstagger.bundle.predict_logits`), per-epoch curves go to
+dvclive and a checkpoint is written (:mod:`mstagger.checkpoint`): a killed run resumes after its last
+complete epoch. The bundle of the epoch with the best validation ROC-AUC is written once, at the end.
+
+On several processes (torchrun, or ``nproc_per_node`` > 1) every process trains on a disjoint share of
+each batch (DistributedDataParallel; BatchNorm synchronised on CUDA); rank 0 validates, logs,
+checkpoints and writes the bundle.
 """
 
 from __future__ import annotations
@@ -17,12 +23,28 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from mstagger import checkpoint
 from mstagger.artifacts import load_inputs, load_stats
-from mstagger.bundle import Tagger, autocast, git_revision, predict_logits, resolve_device, save_bundle
+from mstagger.batches import DeviceSource, StreamSource, choose_device_data, epoch_batches, rank_share
+from mstagger.bundle import Tagger, autocast, gather, git_revision, predict_logits, save_bundle
+from mstagger.distributed import (
+    World,
+    barrier,
+    broadcast_object,
+    gather_objects,
+    launched_by_torchrun,
+    relaunch_under_torchrun,
+    setup,
+    sum_over_processes,
+    teardown,
+    world_from_env,
+)
 from mstagger.metrics import macro_scores
 from mstagger.model import MultiScaleCNN, count_parameters
 from mstagger.params import Params, load_params
-from mstagger.util import UserError, log, stage_main, timed, write_json
+from mstagger.util import UserError, human_size, keep_freed_memory, log, stage_main, timed, write_json
+
+Source = DeviceSource | StreamSource
 
 
 def lr_at(epoch: int, base_lr: float, milestones: list[int], gamma: float) -> float:
@@ -59,260 +81,406 @@ def load_train_data(features: str | Path, prepared: str | Path) -> TrainData:
     )
 
 
-class BatchDataset(torch.utils.data.Dataset):
-    """Returns whole batches: item ``i`` is (mels float16 (B, M, T), labels float32 (B, n_tags))."""
-
-    def __init__(self, mel: np.ndarray, labels: np.ndarray, batches: list[np.ndarray]) -> None:
-        self.mel, self.labels, self.batches = mel, labels, batches
-
-    def __getstate__(self) -> dict:
-        # DataLoader workers started by spawn/forkserver get this object pickled: send the memmap's
-        # path, not the 4.2 GB it maps (pickling an np.memmap copies its data).
-        state = self.__dict__.copy()
-        if isinstance(self.mel, np.memmap) and self.mel.filename:
-            state["mel"] = str(self.mel.filename)
-        return state
-
-    def __setstate__(self, state: dict) -> None:
-        if isinstance(state["mel"], str):
-            state["mel"] = np.load(state["mel"], mmap_mode="r")
-        self.__dict__.update(state)
-
-    def __len__(self) -> int:
-        return len(self.batches)
-
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        rows = np.sort(self.batches[i])  # sorted rows read the memmap sequentially
-        return torch.from_numpy(np.ascontiguousarray(self.mel[rows])), torch.from_numpy(
-            self.labels[rows].astype(np.float32)
-        )
+# ------------------------------------------------------------------------------------------- steps
 
 
-def epoch_batches(rows: np.ndarray, batch_size: int, seed: int, epoch: int) -> list[np.ndarray]:
-    """Shuffle ``rows`` for one epoch (a pure function of seed and epoch) and cut them into batches.
+def prepare_device(device: torch.device) -> None:
+    """Settings that make training faster.
 
-    A last batch of one clip is dropped: BatchNorm cannot train on a single example.
+    On CUDA, cuDNN picks the fastest convolution algorithms for the fixed input size (its choice can
+    move the last bits of a GPU run). On the CPU, which it leaves bit-for-bit the same,
+    malloc keeps the step's big activations (~0.5 GB at batch 32) in the heap instead of mapping and
+    page-faulting them in again at every step: 2x faster steps on a 2-core machine.
     """
-    order = np.random.default_rng([seed, epoch]).permutation(rows)
-    batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
-    return [b for b in batches if len(b) > 1]
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    else:
+        keep_freed_memory(mmap_threshold=256 * 2**20, trim_threshold=2**30)
 
 
-class Trainer:
-    """Holds the network, optimiser and normalisation on one device."""
-
-    def __init__(self, data: TrainData, params: Params, device: torch.device) -> None:
-        self.data, self.params, self.device = data, params, device
-        torch.manual_seed(params.seed)
-        n_mels, n_frames = data.mel.shape[1:]
-        network = MultiScaleCNN(n_tags=len(data.tags), n_mels=n_mels, n_frames=n_frames)
-        self.tagger = Tagger(network, data.mean, data.std).to(device, memory_format=torch.channels_last)
-        self.model = self.tagger.network
-        self.optimizer = torch.optim.Adam(
-            self.model.parameters(),
-            lr=params.lr,
-            betas=(0.9, 0.999),
-            eps=1e-8,
-            weight_decay=params.weight_decay,
-        )
-        self.saved_any = False  # whether a bundle of this run has been written
-
-    def train_epoch(self, epoch: int) -> float:
-        """One pass over the training split; returns the mean training loss."""
-        p = self.params
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr_at(epoch, p.lr, p.lr_milestones, p.lr_gamma)
-        batches = epoch_batches(self.data.rows("train"), p.batch_size, p.seed, epoch)
-        loader = torch.utils.data.DataLoader(
-            BatchDataset(self.data.mel, self.data.labels, batches),
-            batch_size=None,
-            shuffle=False,
-            num_workers=p.num_workers,
-            pin_memory=self.device.type == "cuda",
-        )
-        self.model.train()
-        total, count = 0.0, 0
-        bar = tqdm(loader, desc=f"epoch {epoch}/{p.epochs}", unit="batch", leave=False, disable=None)
-        for step, (mels, target) in enumerate(bar, start=1):
-            mels, target = mels.to(self.device, non_blocking=True), target.to(self.device, non_blocking=True)
-            with autocast(self.device, p.precision):
-                logits = self.tagger(mels)
-            loss = nn.functional.binary_cross_entropy_with_logits(logits.float(), target)
-            if not torch.isfinite(loss):
-                kept = (
-                    f"the best model so far is kept at {p.paths.model}"
-                    if self.saved_any
-                    else "no model was written"
-                )
-                raise UserError(
-                    f"training loss became {loss.item()} at epoch {epoch}, step {step}; {kept}. "
-                    f"Lower lr (now {p.lr}) or check the inputs"
-                )
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            self.optimizer.step()
-            total += loss.item() * len(target)
-            count += len(target)
-            bar.set_postfix(loss=f"{total / count:.4f}")
-        return total / max(count, 1)
-
-    @torch.no_grad()
-    def recalibrate_batchnorm(self, rows: np.ndarray) -> None:
-        """Re-estimate BatchNorm's running statistics on ``rows`` with the current weights ("precise BN").
-
-        With momentum 0.01 the running averages need a few hundred steps to forget their initial
-        values (mean 0, variance 1); MTAT gives 560 steps an epoch, a small dataset a handful, and a
-        network evaluated with such statistics scores noise. A cumulative average over the first
-        ``bn_recalibration_clips`` training clips (a fixed set, so the run stays deterministic) gives
-        the statistics of the weights being evaluated. Weights are untouched; dropout is off meanwhile.
-        """
-        norms = [m for m in self.model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-        momenta = [m.momentum for m in norms]
-        for m in norms:
-            m.reset_running_stats()
-            m.momentum = None  # cumulative average over the batches below
-        self.model.train()
-        for m in self.model.modules():
-            if isinstance(m, nn.Dropout):
-                m.eval()
-        size = self.params.batch_size
-        for start in range(0, len(rows) - 1, size):
-            chunk = rows[start : start + size]
-            if len(chunk) < 2:
-                break
-            with autocast(self.device, self.params.precision):
-                self.tagger(torch.from_numpy(np.ascontiguousarray(self.data.mel[chunk])).to(self.device))
-        for m, momentum in zip(norms, momenta, strict=True):
-            m.momentum = momentum
-        self.model.eval()
-
-    def score(self, rows: np.ndarray) -> tuple[float, np.ndarray]:
-        """Mean loss and probabilities (len(rows), n_tags) on ``rows``, through the one inference path."""
-        logits = predict_logits(
-            self.tagger,
-            self.data.mel,
-            rows,
-            precision=self.params.precision,
-            batch_size=self.params.batch_size,
-        )
-        target = torch.from_numpy(self.data.labels[rows].astype(np.float32))
-        loss = nn.functional.binary_cross_entropy_with_logits(logits, target).item() if len(rows) else 0.0
-        return loss, torch.sigmoid(logits).numpy()
+def build_tagger(data: TrainData, params: Params, device: torch.device, world: World) -> Tagger:
+    """The network, Glorot-initialised from ``seed``, with its normalisation, on ``device``."""
+    torch.manual_seed(params.seed)
+    n_mels, n_frames = data.mel.shape[1:]
+    network = MultiScaleCNN(n_tags=len(data.tags), n_mels=n_mels, n_frames=n_frames)
+    tagger = Tagger(network, data.mean, data.std).to(device, memory_format=torch.channels_last)
+    if world.size > 1 and device.type == "cuda":
+        # Synchronised BatchNorm: statistics over the whole batch, as one process computes them.
+        # (PyTorch has none on the CPU; there each process normalises over its own share.)
+        tagger = nn.SyncBatchNorm.convert_sync_batchnorm(tagger)
+    if world.rank:
+        torch.manual_seed(params.seed + 1_000_003 * world.rank)  # other dropout masks on each process
+    return tagger
 
 
-def _selection_key(scores: dict[str, Any], val_loss: float) -> tuple[float, float]:
+def make_optimizer(tagger: Tagger, params: Params, device: torch.device) -> torch.optim.Adam:
+    """Adam as the paper (betas 0.9/0.999, eps 1e-8); one fused kernel for all parameters on CUDA."""
+    return torch.optim.Adam(
+        tagger.network.parameters(),
+        lr=params.lr,
+        betas=(0.9, 0.999),
+        eps=1e-8,
+        weight_decay=params.weight_decay,
+        fused=device.type == "cuda" or None,
+    )
+
+
+def train_epoch(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    batches: Any,
+    n_batches: int,
+    precision: str,
+    device: torch.device,
+    world: World,
+    desc: str,
+) -> float:
+    """One pass over this process's share of the epoch's batches; the mean training loss over all processes.
+
+    Losses are summed on the device and checked for finiteness once, at the end of the epoch: no
+    ``.item()`` stalls the GPU after each step.
+
+    Raises:
+        UserError: a step's loss was NaN or infinite (the same on every process).
+    """
+    model.train()
+    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    first_bad = torch.full((), -1, dtype=torch.int64, device=device)  # step of the first non-finite loss
+    bad_value = torch.zeros((), dtype=torch.float32, device=device)
+    clips = 0
+    bar = tqdm(
+        batches, total=n_batches, desc=desc, unit="batch", leave=False, disable=None if world.main else True
+    )
+    for step, (mels, target) in enumerate(bar, start=1):
+        with autocast(device, precision):
+            logits = model(mels)
+        loss = nn.functional.binary_cross_entropy_with_logits(logits.float(), target)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        loss = loss.detach()
+        loss_sum += loss.double() * len(target)
+        clips += len(target)
+        new_bad = (first_bad < 0) & ~torch.isfinite(loss)
+        first_bad = torch.where(new_bad, step, first_bad)
+        bad_value = torch.where(new_bad, loss, bad_value)
+    totals = torch.stack([loss_sum, torch.tensor(float(clips), dtype=torch.float64, device=device)])
+    totals = sum_over_processes(totals, world)
+    bad = sum_over_processes((first_bad >= 0).to(torch.int64), world)
+    if bad.item():
+        at = f"step {first_bad.item()}" if first_bad.item() >= 0 else "a step"
+        raise UserError(f"training loss became {bad_value.item()} at {at} of {desc}")
+    if totals[1].item() == 0:
+        raise UserError(f"{desc} took no optimisation step: no batch of at least two clips")
+    return (totals[0] / totals[1]).item()
+
+
+@torch.no_grad()
+def recalibrate_batchnorm(
+    tagger: Tagger, source: Source, rows: np.ndarray, batch_size: int, precision: str, device: torch.device
+) -> None:
+    """Re-estimate BatchNorm's running statistics on ``rows`` with the current weights ("precise BN").
+
+    With momentum 0.01 the running averages need a few hundred steps to forget their initial values
+    (mean 0, variance 1); MTAT gives 560 steps an epoch, a small dataset a handful, and a network
+    evaluated with such statistics scores noise. A cumulative average over a fixed set of training
+    clips (the run stays deterministic) gives the statistics of the weights being evaluated. Weights are
+    untouched; dropout is off meanwhile. Every process runs it on the same clips.
+    """
+    norms = [m for m in tagger.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    momenta = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average over the batches below
+    tagger.train()
+    for m in tagger.modules():
+        if isinstance(m, nn.Dropout):
+            m.eval()
+    mel, idx = source.for_inference(rows)
+    for start in range(0, len(idx) - 1, batch_size):
+        chunk = idx[start : start + batch_size]
+        if len(chunk) < 2:
+            break
+        with autocast(device, precision):
+            tagger(gather(mel, chunk, device))
+    for m, momentum in zip(norms, momenta, strict=True):
+        m.momentum = momentum
+    tagger.eval()
+
+
+def validate(tagger: Tagger, source: Source, data: TrainData, rows: np.ndarray, params: Params) -> dict:
+    """Loss, macro ROC-AUC and PR-AUC of the validation rows, through the one inference path."""
+    mel, idx = source.for_inference(rows)
+    logits = predict_logits(tagger, mel, idx, precision=params.precision, batch_size=params.batch_size)
+    target = torch.from_numpy(data.labels[rows].astype(np.float32))
+    loss = nn.functional.binary_cross_entropy_with_logits(logits, target).item()
+    scores = macro_scores(data.labels[rows], torch.sigmoid(logits).numpy())
+    return {"loss": loss, "roc_auc": scores["roc_auc"], "pr_auc": scores["pr_auc"]}
+
+
+def selection_key(val: dict[str, float]) -> tuple[float, float]:
     """Best validation ROC-AUC first; validation loss breaks ties and stands in when AUC is undefined."""
-    roc = scores["roc_auc"]
-    return (roc if math.isfinite(roc) else -math.inf, -val_loss)
+    roc = val["roc_auc"]
+    return (roc if math.isfinite(roc) else -math.inf, -val["loss"])
 
 
-def train(data: TrainData, params: Params, model_path: Path, log_dir: Path, git_rev: str) -> dict:
-    """Train with ``params`` on ``data``; write the best bundle to ``model_path`` and curves to ``log_dir``.
+def rng_state(device: torch.device) -> dict[str, torch.Tensor]:
+    """This process's RNG state (dropout masks are drawn from it)."""
+    state = {"cpu": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def set_rng_state(state: dict[str, torch.Tensor], device: torch.device) -> None:
+    """Restore what :func:`rng_state` returned."""
+    torch.set_rng_state(state["cpu"])
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
+def open_source(data: TrainData, params: Params, device: torch.device, rows: np.ndarray) -> Source:
+    """Where batches come from: the ``rows`` resident on the device, or streamed from the memory map."""
+    if choose_device_data(params.data_on_device, device, data.mel[0].nbytes * len(rows)):
+        source = DeviceSource(data.mel, data.labels, rows, device)
+        log.info("data on %s: %d clips, %s of device memory", device, len(rows), human_size(source.nbytes))
+        return source
+    return StreamSource(data.mel, data.labels, device, params.num_workers)
+
+
+def log_epoch(live: Any, epoch: int, lr: float, train_loss: float, val: dict, improved: bool) -> None:
+    """One epoch's numbers to dvclive (step = epoch - 1) and to the log."""
+    metrics = {"train/loss": train_loss, "val/loss": val["loss"], "val/roc_auc": val["roc_auc"]}
+    metrics.update({"val/pr_auc": val["pr_auc"], "lr": lr})
+    for name, value in metrics.items():
+        live.log_metric(name, value)
+    live.next_step()
+    log.info(
+        "epoch %2d  lr %.1e  train loss %.4f  val loss %.4f  val roc-auc %.4f  pr-auc %.4f%s",
+        epoch,
+        lr,
+        train_loss,
+        val["loss"],
+        val["roc_auc"],
+        val["pr_auc"],
+        "  *best" if improved else "",
+    )
+
+
+def cpu_state(module: nn.Module) -> dict[str, torch.Tensor]:
+    """A CPU copy of a module's state (to keep as the best epoch, or to checkpoint)."""
+    return {k: v.detach().to("cpu", copy=True) for k, v in module.state_dict().items()}
+
+
+# ---------------------------------------------------------------------------------------- the loop
+
+
+def train(
+    data: TrainData,
+    params: Params,
+    model_path: Path,
+    log_dir: Path,
+    checkpoint_path: Path,
+    git_rev: str,
+    *,
+    world: World | None = None,
+    device: torch.device | None = None,
+) -> dict[str, Any]:
+    """Train with ``params`` on ``data``, resuming from ``checkpoint_path`` when it matches.
+
+    Writes the best epoch's bundle to ``model_path`` (rank 0, at the end), dvclive curves to
+    ``log_dir`` and a checkpoint after every epoch; a finished run removes its checkpoint.
 
     Returns:
-        A summary: best epoch, its validation scores, parameter count, device, seconds.
+        A summary: best epoch and its validation scores, clips, device, data path, seconds, ...
+
+    Raises:
+        UserError: a split too small for one step, a non-finite loss, or no finite validation loss.
     """
     from dvclive import Live  # imported here: it is slow to import and only training logs
 
-    device = resolve_device(params.device)
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
-    trainer = Trainer(data, params, device)
+    world = world or World()
+    device = device or setup(world, params.device)
+    prepare_device(device)
     train_rows, valid_rows = data.rows("train"), data.rows("valid")
-    if len(train_rows) < 2 or len(valid_rows) == 0:
-        raise UserError(f"split has {len(train_rows)} train and {len(valid_rows)} valid clips; need more")
-    log.info(
-        "%d train / %d valid clips, %d tags, input %s, %d parameters, %s, %s",
-        len(train_rows),
-        len(valid_rows),
-        len(data.tags),
-        tuple(data.mel.shape[1:]),
-        count_parameters(trainer.model),
-        device,
-        params.precision,
+    if not epoch_batches(train_rows, params.batch_size, params.seed, 1, world.size) or len(valid_rows) == 0:
+        raise UserError(
+            f"the split has {len(train_rows)} train and {len(valid_rows)} valid clips: training needs a "
+            f"batch of at least {2 * world.size} training clips (2 per process, for BatchNorm) and one "
+            "valid clip; check split.* and batch_size"
+        )
+
+    tagger = build_tagger(data, params, device, world)
+    optimizer = make_optimizer(tagger, params, device)
+    model: nn.Module = tagger
+    if world.size > 1:
+        ids = [device.index] if device.type == "cuda" else None
+        model = nn.parallel.DistributedDataParallel(tagger, device_ids=ids)
+    step_model = model if params.compile == "none" else torch.compile(model, mode=params.compile)
+
+    source = open_source(data, params, device, np.concatenate([train_rows, valid_rows]))
+    on_device = isinstance(source, DeviceSource)
+
+    run_facts = {"device": device.type, "processes": world.size}
+    inputs = {"mel": data.mel, "labels": data.labels, "split": data.split, "mean": data.mean, "std": data.std}
+    fp = checkpoint.fingerprint(params, {**inputs, "tags": np.asarray(data.tags)}, run_facts)
+    state = checkpoint.load(checkpoint_path, fp) if world.main else None
+    state = broadcast_object(state, world)
+    start, best, best_key, best_state = 1, {}, (-math.inf, -math.inf), None
+    if state is not None:
+        tagger.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        set_rng_state(state["rng"][world.rank], device)
+        start, best, best_key, best_state = (
+            state["epoch"] + 1,
+            state["best"],
+            tuple(state["best_key"]),
+            state["best_state"],
+        )
+        if world.main:
+            checkpoint.restore_dir(log_dir, state["live"])
+            log.info("resuming from %s after epoch %d of %d", checkpoint_path, state["epoch"], params.epochs)
+
+    if world.main:
+        log.info(
+            "%d train / %d valid clips, %d tags, input %s, %d parameters, %s x %d, %s, data %s",
+            len(train_rows),
+            len(valid_rows),
+            len(data.tags),
+            tuple(data.mel.shape[1:]),
+            count_parameters(tagger),
+            device,
+            world.size,
+            params.precision,
+            "on the device" if on_device else "streamed from disk",
+        )
+    recal_rows = np.sort(train_rows)[: params.bn_recalibration_clips]
+    live = (
+        Live(str(log_dir), dvcyaml=None, report=None, save_dvc_exp=False, resume=state is not None)
+        if world.main
+        else None
     )
-    valid_truth = data.labels[valid_rows]
-    best: dict[str, Any] = {}
-    best_key = (-math.inf, -math.inf)
-    with timed() as elapsed, Live(str(log_dir), dvcyaml=None, report=None, save_dvc_exp=False) as live:
-        for epoch in range(1, params.epochs + 1):
+    if live is not None:
+        live.step = start - 1  # dvclive's own resume mis-counts after the first step
+    with timed() as elapsed:
+        for epoch in range(start, params.epochs + 1):
             lr = lr_at(epoch, params.lr, params.lr_milestones, params.lr_gamma)
-            train_loss = trainer.train_epoch(epoch)
-            if params.bn_recalibration_clips:
-                trainer.recalibrate_batchnorm(np.sort(train_rows)[: params.bn_recalibration_clips])
-            val_loss, val_probs = trainer.score(valid_rows)
-            scores = macro_scores(valid_truth, val_probs)
-            live.log_metric("train/loss", train_loss)
-            live.log_metric("val/loss", val_loss)
-            live.log_metric("val/roc_auc", scores["roc_auc"])
-            live.log_metric("val/pr_auc", scores["pr_auc"])
-            live.log_metric("lr", lr)
-            key = _selection_key(scores, val_loss)
-            improved = key > best_key
-            log.info(
-                "epoch %2d  lr %.1e  train loss %.4f  val loss %.4f  val roc-auc %.4f  pr-auc %.4f%s",
-                epoch,
-                lr,
-                train_loss,
-                val_loss,
-                scores["roc_auc"],
-                scores["pr_auc"],
-                "  *best" if improved else "",
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            batches = epoch_batches(train_rows, params.batch_size, params.seed, epoch, world.size)
+            mine = [rank_share(b, world.rank, world.size) for b in batches]
+            desc = f"epoch {epoch}/{params.epochs}"
+            train_loss = train_epoch(
+                step_model, optimizer, source.batches(mine), len(mine), params.precision, device, world, desc
             )
+            if len(recal_rows):
+                recalibrate_batchnorm(tagger, source, recal_rows, params.batch_size, params.precision, device)
+            rngs = gather_objects(rng_state(device), world)
+            if not world.main:
+                continue
+            val = validate(tagger, source, data, valid_rows, params)
+            improved = selection_key(val) > best_key
             if improved:
-                best_key = key
+                best_key, best_state = selection_key(val), cpu_state(tagger)
                 best = {
                     "best_epoch": epoch,
-                    "val_roc_auc": scores["roc_auc"],
-                    "val_pr_auc": scores["pr_auc"],
-                    "val_loss": val_loss,
+                    "val_roc_auc": val["roc_auc"],
+                    "val_pr_auc": val["pr_auc"],
+                    "val_loss": val["loss"],
                     "train_loss": train_loss,
                 }
-                save_bundle(
-                    model_path,
-                    trainer.tagger,
-                    data.tags,
-                    params.spectrogram,
-                    params.precision,
-                    asdict(params),
-                    {**best, "epochs": params.epochs},
-                    git_rev,
-                )
-                trainer.saved_any = True
-            live.next_step()
-        if not best:
+            log_epoch(live, epoch, lr, train_loss, val, improved)
+            checkpoint.save(
+                checkpoint_path,
+                {
+                    "fingerprint": fp,
+                    "epoch": epoch,
+                    "model": cpu_state(tagger),
+                    "optimizer": optimizer.state_dict(),
+                    "rng": rngs,
+                    "best": best,
+                    "best_key": list(best_key),
+                    "best_state": best_state,
+                    "live": checkpoint.snapshot_dir(log_dir),
+                },
+            )
+        seconds = elapsed()
+    summary: dict[str, Any] = {}
+    if world.main:
+        if best_state is None or not math.isfinite(best["val_loss"]):
             raise UserError("no epoch gave a finite validation loss; no model was written. Check the inputs")
         live.summary["best"] = best
-        seconds = elapsed()
-    summary = {
-        **best,
-        "epochs": params.epochs,
-        "train_clips": len(train_rows),
-        "valid_clips": len(valid_rows),
-        "parameters": count_parameters(trainer.model),
-        "device": str(device),
-        "precision": params.precision,
-        "seconds": seconds,
-    }
-    write_json(log_dir / "summary.json", summary)
+        live.end()
+        tagger.load_state_dict(best_state)
+        save_bundle(
+            model_path,
+            tagger,
+            data.tags,
+            params.spectrogram,
+            params.precision,
+            asdict(params),
+            {**best, "epochs": params.epochs},
+            git_rev,
+        )
+        checkpoint.remove(checkpoint_path)
+        summary = {
+            **best,
+            "epochs": params.epochs,
+            "resumed_after_epoch": start - 1,
+            "train_clips": len(train_rows),
+            "valid_clips": len(valid_rows),
+            "parameters": count_parameters(tagger),
+            "device": str(device),
+            "processes": world.size,
+            "precision": params.precision,
+            "data_on_device": on_device,
+            "compile": params.compile,
+            "seconds": seconds,
+        }
+        write_json(log_dir / "summary.json", summary)
+    barrier(world)
     return summary
 
 
 @stage_main
 def main() -> None:
-    """Run the stage with params.yaml."""
+    """Run the stage with params.yaml (relaunching under torchrun when ``nproc_per_node`` > 1)."""
     params = load_params()
-    data = load_train_data(params.paths.features, params.paths.prepared)
-    summary = train(data, params, Path(params.paths.model), Path(params.paths.train_log), git_revision())
-    log.info(
-        "best epoch %d of %d (val roc-auc %.4f, pr-auc %.4f) -> %s in %.1f s",
-        summary["best_epoch"],
-        summary["epochs"],
-        summary["val_roc_auc"],
-        summary["val_pr_auc"],
-        params.paths.model,
-        summary["seconds"],
-    )
+    if params.nproc_per_node > 1 and not launched_by_torchrun():
+        log.info("starting %d processes with torchrun", params.nproc_per_node)
+        status = relaunch_under_torchrun(params.nproc_per_node, "mstagger.train")
+        if status:
+            raise SystemExit(status)
+        return
+    world = world_from_env()
+    if not world.main:
+        log.setLevel("WARNING")  # one voice: rank 0 reports
+    device = setup(world, params.device)
+    try:
+        data = load_train_data(params.paths.features, params.paths.prepared)
+        paths = params.paths
+        summary = train(
+            data,
+            params,
+            Path(paths.model),
+            Path(paths.train_log),
+            Path(paths.checkpoint),
+            git_revision(),
+            world=world,
+            device=device,
+        )
+    finally:
+        teardown(world)
+    if world.main:
+        log.info(
+            "best epoch %d of %d (val roc-auc %.4f, pr-auc %.4f) -> %s in %.1f s",
+            summary["best_epoch"],
+            summary["epochs"],
+            summary["val_roc_auc"],
+            summary["val_pr_auc"],
+            paths.model,
+            summary["seconds"],
+        )
 
 
 if __name__ == "__main__":

@@ -1,0 +1,61 @@
+"""Training batches: a pure function of seed and epoch, shared out between processes, read from disk."""
+
+import pickle
+
+import numpy as np
+import torch
+
+from mstagger.batches import StreamSource, _BatchDataset, choose_device_data, epoch_batches, rank_share
+
+N_MELS, N_FRAMES, N_TAGS = 16, 64, 4
+
+
+def test_epoch_batches_are_a_pure_function_of_seed_and_epoch():
+    rows = np.arange(33)
+    a, b = epoch_batches(rows, 8, 1, 1), epoch_batches(rows, 8, 1, 1)
+    assert all(np.array_equal(x, y) for x, y in zip(a, b, strict=True))
+    assert not np.array_equal(np.concatenate(a), np.concatenate(epoch_batches(rows, 8, 1, 2)))
+    # 33 = 4 x 8 + 1: the single-clip remainder is dropped (BatchNorm needs two).
+    assert [len(x) for x in a] == [8, 8, 8, 8]
+    assert all(np.array_equal(x, np.sort(x)) for x in a)  # sorted: sequential memmap reads
+
+
+def test_every_process_gets_a_disjoint_share_of_every_batch():
+    rows = np.arange(100, 150)
+    batches = epoch_batches(rows, 8, 3, 1, world_size=2)
+    # 50 = 6 x 8 + 2: the last batch gives each of 2 processes one clip, too few for BatchNorm
+    assert [len(b) for b in batches] == [8] * 6
+    for batch in batches:
+        shares = [rank_share(batch, r, 2) for r in range(2)]
+        assert [len(s) for s in shares] == [4, 4]
+        assert np.array_equal(np.sort(np.concatenate(shares)), batch)
+    assert len(epoch_batches(rows, 8, 3, 1, world_size=1)) == 7  # one process keeps the batch of 2
+
+
+def test_auto_streams_on_the_cpu_and_true_or_false_are_obeyed():
+    cpu = torch.device("cpu")
+    assert choose_device_data("auto", cpu, 10) is False
+    assert choose_device_data(True, cpu, 10**15) is True
+    assert choose_device_data(False, cpu, 10) is False
+
+
+def test_batch_dataset_pickles_a_memmap_as_its_path(tmp_path):
+    path = tmp_path / "mel.npy"
+    np.save(path, np.ones((64, N_MELS, N_FRAMES), np.float16))
+    mel = np.load(path, mmap_mode="r")
+    dataset = _BatchDataset(mel, np.zeros((64, N_TAGS), np.uint8), [np.arange(4)])
+    blob = pickle.dumps(dataset)
+    assert len(blob) < mel.nbytes / 10  # the path travels, not the array
+    clone = pickle.loads(blob)
+    assert isinstance(clone.mel, np.memmap)
+    assert torch.equal(clone[0][0], dataset[0][0])
+
+
+def test_streaming_leaves_the_global_rng_alone(tmp_path):
+    """The DataLoader must not draw from the RNG dropout uses, or the two data paths would differ."""
+    mel = np.zeros((8, N_MELS, N_FRAMES), np.float16)
+    source = StreamSource(mel, np.zeros((8, N_TAGS), np.uint8), torch.device("cpu"), num_workers=0)
+    torch.manual_seed(0)
+    before = torch.get_rng_state()
+    list(source.batches([np.arange(4), np.arange(4, 8)]))
+    assert torch.equal(before, torch.get_rng_state())
