@@ -151,10 +151,7 @@ def main() -> None:
                 flush=True,
             )
         summaries = {
-            "extract": project / "data/features/summary.json",
-            "prepare": project / "metrics/prepare.json",
-            "train": project / "metrics/train/summary.json",
-            "test": project / "metrics/test.json",
+            name: project / f"metrics/{name}.json" for name in ("extract", "prepare", "train", "test")
         }
         report["outputs"] = {k: json.loads(p.read_text()) for k, p in summaries.items() if p.is_file()}
         report["device"] = report["outputs"].get("train", {}).get("device", args.device)

@@ -196,3 +196,57 @@ def write_params(root: Path, **overrides: Any) -> dict[str, Any]:
     params = merged(repo_params_dict(), overrides)
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     return params
+
+
+# A tiny configuration of the whole pipeline: seconds per stage.
+TINY_PIPELINE = {
+    "epochs": 2,
+    "batch_size": 4,
+    "lr_milestones": [1],
+    "demo": {"n_artists": 3, "albums_per_artist": 2, "songs_per_album": 1, "clips_per_song": 2},
+    "spectrogram": {"n_mels": 32, "clip_seconds": 6.0},
+    "extract": {"workers": 1},
+    "tags": {"top_n": 5},
+    "split": {"method": "random", "valid_size": 2, "test_size": 3},
+    "evaluate": {"curve_tags": 3},
+}
+
+
+def sh(cmd: list[str], cwd: Path, check: bool = True, **kwargs: Any):
+    """Run a command with this interpreter's folder first on PATH (dvc, python) and return the result."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    env["DVC_NO_ANALYTICS"] = "1"
+    result = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, **kwargs)
+    if check and result.returncode != 0:
+        raise AssertionError(
+            f"{' '.join(cmd)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}"
+        )
+    return result
+
+
+def git_commit(repo: Path, message: str) -> None:
+    sh(["git", "add", "-A"], repo)
+    sh(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", message], repo)
+
+
+def make_pipeline_repo(repo: Path, **overrides: Any) -> Path:
+    """A git + DVC repository with this checkout's code and dvc.yaml and the tiny params, run once."""
+    import shutil
+
+    shutil.copytree(REPO / "src", repo / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    shutil.copy(REPO / "dvc.yaml", repo)
+    write_params(repo, **merged(TINY_PIPELINE, overrides))
+    (repo / ".gitignore").write_text("__pycache__/\n/.cache/\n")
+    sh(["git", "init", "-q", "-b", "main"], repo)
+    sh(["dvc", "init", "-q"], repo)
+    shutil.copy(REPO / ".dvc" / "config", repo / ".dvc" / "config")
+    shutil.copy(REPO / ".dvcignore", repo)
+    git_commit(repo, "tiny pipeline")
+    result = sh(["dvc", "repro"], repo)
+    repo.joinpath("repro.log").write_text(result.stdout + result.stderr)
+    git_commit(repo, "tiny run")
+    return repo

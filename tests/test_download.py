@@ -27,8 +27,9 @@ from mstagger import download
 from mstagger import fetch as fetch_mod
 from mstagger.archive import ArchiveError, extract_zip, open_parts
 from mstagger.dataset import ARCHIVE_PARTS, AUDIO_FOLDERS, CSV_FILES
-from mstagger.download import MTAT_FILES, SUMMARY_NAME, download_mtat, link_local, make_raw
+from mstagger.download import MTAT_FILES, download_mtat, link_local, make_raw
 from mstagger.fetch import fetch
+from mstagger.outputs import MARKER, marker_text
 from mstagger.params import DownloadParams, load_params
 from mstagger.util import UserError
 
@@ -235,7 +236,7 @@ def test_make_raw_downloads_joins_and_extracts_the_mtat_layout(server, tmp_path)
     assert summary["per_folder"]["0"] == 2 and summary["per_folder"]["5"] == 1
     assert summary["fetched"] == list(MTAT_FILES) and summary["from_cache"] == []
     assert summary["downloaded_bytes"] == sum(len(d) for d in files.values())
-    assert json.loads((raw / SUMMARY_NAME).read_text()) == summary
+    assert (raw / MARKER).is_file()  # the download's own folder, which a later run may replace
     assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == sorted(MTAT_FILES)  # no .part left
     assert sorted(p.name for p in (tmp_path / "data").iterdir()) == ["raw"]  # no staging folder left
     assert [h.status for h in server.hits] == [200] * 5
@@ -256,6 +257,26 @@ def test_rerun_downloads_nothing_and_rebuilds_the_folder(server, tmp_path):
     assert summary["from_cache"] == list(MTAT_FILES) and summary["downloaded_bytes"] == 0
     assert not (raw / "stray.txt").exists()
     assert_layout(raw, members, files)
+
+
+def test_a_folder_of_the_users_at_paths_raw_survives(tmp_path, monkeypatch, capsys):
+    precious = tmp_path / "victim" / "precious"
+    precious.mkdir(parents=True)
+    (precious / "thesis.txt").write_text("years of work")
+    params = make_params(dataset="demo")
+    with pytest.raises(UserError, match=r"paths\.raw: .*victim already exists and holds files the download"):
+        make_raw(params, tmp_path / "victim")
+    assert (precious / "thesis.txt").read_text() == "years of work"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["victim"]  # no staging folder left either
+    # through the stage, with the path in params.yaml: one line, exit status 2, nothing touched
+    text = yaml.safe_dump({**repo_params_dict(), "paths": {**repo_params_dict()["paths"], "raw": "victim"}})
+    (tmp_path / "params.yaml").write_text(text)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exit_info:
+        download.main()
+    assert exit_info.value.code == 2
+    assert "error: paths.raw: victim already exists" in capsys.readouterr().err
+    assert (precious / "thesis.txt").read_text() == "years of work"
 
 
 def test_file_url_base(tmp_path):
@@ -454,6 +475,7 @@ def test_an_archive_that_is_not_a_zip_is_a_clear_error_and_leaves_raw_alone(serv
     raw = tmp_path / "data" / "raw"
     raw.mkdir(parents=True)
     (raw / "previous.txt").write_text("the last good build")
+    (raw / MARKER).write_text(marker_text("download"))  # written by an earlier download
     params = make_params(dataset="mtat", download=dl_params(server.base_url, tmp_path, files))
 
     with pytest.raises(
@@ -461,7 +483,7 @@ def test_an_archive_that_is_not_a_zip_is_a_clear_error_and_leaves_raw_alone(serv
     ):
         make_raw(params, raw, backoff=BACKOFF, progress=False)
 
-    assert [p.name for p in raw.iterdir()] == ["previous.txt"]
+    assert sorted(p.name for p in raw.iterdir()) == [MARKER, "previous.txt"]
     assert sorted(p.name for p in raw.parent.iterdir()) == ["raw"]
 
 
@@ -599,8 +621,8 @@ def test_demo_dataset_calls_the_generator_and_writes_the_summary(tmp_path, monke
 
     assert calls == [(params.demo, 7)]
     assert (raw / "0" / "demo.mp3").read_bytes() == b"fake"
-    saved = json.loads((raw / SUMMARY_NAME).read_text())
-    assert saved == summary and saved["dataset"] == "demo" and saved["clips"] == 1 and saved["seconds"] >= 0
+    assert summary["dataset"] == "demo" and summary["clips"] == 1 and summary["seconds"] >= 0
+    assert sorted(p.name for p in raw.iterdir()) == [MARKER, "0"]
 
 
 def write_params(tmp_path: Path, download_section: dict) -> None:
@@ -620,7 +642,7 @@ def test_main_on_mtat_builds_paths_raw(server, tmp_path, monkeypatch):
     download.main()
 
     assert_layout(tmp_path / "data" / "raw", members, files)
-    summary = json.loads((tmp_path / "data" / "raw" / SUMMARY_NAME).read_text())
+    summary = json.loads((tmp_path / "metrics" / "download.json").read_text())  # where DVC tracks it
     assert summary["dataset"] == "mtat" and summary["audio_files"] == len(members)
     assert len(server.hits) == 5 and (tmp_path / ".cache" / "mtat" / "mp3.zip.003").is_file()
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import json
 import math
 import os
 import re
@@ -20,6 +19,7 @@ from mstagger import extract as extract_mod
 from mstagger import rowfile
 from mstagger.audio import AudioError, clip_log_mel, load_audio, log_mel
 from mstagger.extract import extract, read_clips
+from mstagger.outputs import MARKER, marker_text
 from mstagger.params import SpectrogramParams
 from mstagger.util import UserError
 
@@ -147,6 +147,22 @@ def test_load_audio_resamples_and_mixes_to_mono(tmp_path: Path) -> None:
     assert y.dtype == np.float32 and len(y) == 11025
 
 
+def test_decoder_notes_name_the_clip(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """The MP3 decoder's notes (printed by C code on stderr) come back in the log with the file's path."""
+    _write_mp3(tmp_path / "ok.mp3", _tone(3.0, 0))
+    data = (tmp_path / "ok.mp3").read_bytes()
+    damaged = tmp_path / "damaged.mp3"
+    damaged.write_bytes(data[: len(data) // 3] + b"\x00\xff" * 300 + data[len(data) // 2 :])
+    caplog.set_level("WARNING", logger="mstagger")
+    y = load_audio(damaged, 11025)  # decodes, with notes
+    assert y.size > 0
+    notes = [r.getMessage() for r in caplog.records if "decoder notes" in r.getMessage()]
+    assert len(notes) == 1 and str(damaged) in notes[0] and "Illegal Audio-MPEG-Header" in notes[0]
+    caplog.clear()
+    load_audio(tmp_path / "ok.mp3", 11025)
+    assert not caplog.records  # a clean file: nothing to say
+
+
 def test_audio_errors_name_the_reason(tmp_path: Path) -> None:
     (tmp_path / "empty.mp3").write_bytes(b"")
     with pytest.raises(AudioError) as err:
@@ -155,7 +171,7 @@ def test_audio_errors_name_the_reason(tmp_path: Path) -> None:
     with pytest.raises(AudioError, match="missing file"):
         load_audio(tmp_path / "nope.mp3", 11025)
     (tmp_path / "junk.mp3").write_bytes(b"junk" * 1000)
-    with pytest.raises(AudioError, match=r"^decode failed: \S"):
+    with pytest.raises(AudioError, match=r"^not an audio file that can be decoded$"):
         load_audio(tmp_path / "junk.mp3", 11025)
 
     sf.write(tmp_path / "short.wav", _tone(2.0, 0), FILE_RATE)
@@ -194,7 +210,7 @@ def test_extract_writes_memmappable_float16_of_good_clips(extracted: tuple[Path,
     assert summary["shape"] == [3, 128, 628]
     assert summary["dtype"] == "float16"
     assert summary["workers"] == 1
-    assert json.loads((out / "summary.json").read_text()) == summary
+    assert sorted(p.name for p in out.iterdir()) == [MARKER, "index.csv", "mel.npy", "skipped.csv"]
 
 
 def test_broken_clips_are_skipped_with_distinct_reasons(raw: Path, extracted: tuple[Path, dict]) -> None:
@@ -208,10 +224,10 @@ def test_broken_clips_are_skipped_with_distinct_reasons(raw: Path, extracted: tu
     assert skipped[SILENT[0]]["reason"] == "silent"
     assert skipped[MISSING[0]]["reason"] == "missing file"
     assert skipped[MISSING[0]]["bytes"] == ""
-    assert skipped[GARBAGE[0]]["reason"].startswith("decode failed: ")
+    assert skipped[GARBAGE[0]]["reason"] == "not an audio file that can be decoded"
     assert skipped[GARBAGE[0]]["mp3_path"] == GARBAGE[1]
     assert summary["skipped_reasons"] == {
-        "decode failed": 1,
+        "not an audio file that can be decoded": 1,
         "empty file": 1,
         "missing file": 1,
         "silent": 1,
@@ -261,17 +277,23 @@ def test_rerun_rewrites_outputs_completely(raw: Path, tmp_path: Path) -> None:
     out.mkdir()
     np.save(out / "mel.npy", np.ones((5, 128, 628), np.float16))
     (out / "index.csv").write_text("stale\n")
+    # An earlier extract's folder may be replaced; a folder of anything else may not.
+    with pytest.raises(UserError, match="holds files the extract stage did not write"):
+        extract(raw2, out, SPEC, workers=1, min_seconds=MIN_SECONDS)
+    assert (out / "index.csv").read_text() == "stale\n"
+    (out / MARKER).write_text(marker_text("extract"))
     summary = extract(raw2, out, SPEC, workers=1, min_seconds=MIN_SECONDS)
     assert summary["extracted"] == 1
     assert np.load(out / "mel.npy", mmap_mode="r").shape == (1, 128, 628)
     assert [r["clip_id"] for r in _read_csv(out / "index.csv")] == [GOOD_29S[0]]
-    assert sorted(p.name for p in out.iterdir()) == ["index.csv", "mel.npy", "skipped.csv", "summary.json"]
+    assert sorted(p.name for p in out.iterdir()) == [MARKER, "index.csv", "mel.npy", "skipped.csv"]
 
     # Nothing usable: an error naming skipped.csv, and no stale features left behind.
     _write_annotations(raw2, [EMPTY])
     with pytest.raises(UserError, match=r"no clip .* could be extracted.*skipped\.csv"):
         extract(raw2, out, SPEC, workers=1, min_seconds=MIN_SECONDS)
-    assert sorted(p.name for p in out.iterdir()) == ["skipped.csv", "summary.json"]
+    assert sorted(p.name for p in out.iterdir()) == [MARKER, "skipped.csv"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["features", "raw"]  # no staging folder left
     assert _read_csv(out / "skipped.csv")[0]["reason"] == "empty file"
 
 

@@ -11,6 +11,7 @@ import yaml
 
 from helpers import make_fake_project, make_params, repo_params_dict
 from mstagger import prepare as prep
+from mstagger.outputs import MARKER
 from mstagger.util import UserError
 
 # ------------------------------------------------------------------------------------ end to end
@@ -55,7 +56,7 @@ def test_prepare_end_to_end_aligns_rows_and_drops_skipped(tmp_path, shuffle_inde
     np.testing.assert_allclose(result.mean, mel[train_rows].mean(axis=(0, 2)), atol=1e-12)
     np.testing.assert_allclose(result.std, mel[train_rows].std(axis=(0, 2)), rtol=1e-10)
 
-    prep.write_outputs(result, tmp_path / "prepared", tmp_path / "metrics")
+    prep.write_outputs(result, tmp_path / "prepared")
     labels = np.load(tmp_path / "prepared" / "labels.npy")
     assert np.array_equal(labels, result.labels)
     tags_json = json.loads((tmp_path / "prepared" / "tags.json").read_text())
@@ -65,9 +66,7 @@ def test_prepare_end_to_end_aligns_rows_and_drops_skipped(tmp_path, shuffle_inde
     assert split_csv["clip_id"].tolist() == index["clip_id"].tolist()
     stats = json.loads((tmp_path / "prepared" / "stats.json").read_text())
     assert stats["n_clips"] == 11 and len(stats["mean"]) == len(stats["std"]) == 4
-    metrics = json.loads((tmp_path / "metrics" / "prepare.json").read_text())
-    assert set(metrics) == {"split_sizes", "leakage"}
-    assert json.loads((tmp_path / "prepared" / "summary.json").read_text())["clips_kept"] == 18
+    assert result.summary["clips_kept"] == 18
     assert not list((tmp_path / "prepared").glob(".*.tmp"))
 
 
@@ -108,12 +107,14 @@ def test_main_writes_outputs_and_reports_bad_params(tmp_path, monkeypatch, capsy
     assert "prepare: 20 clips read, 1 skipped by extract dropped" in err  # the logger names the stage
     assert "leakage" in err
     assert "mel bin(s) [1] are constant" in err
-    summary = json.loads((tmp_path / "data" / "prepared" / "summary.json").read_text())
+    # the counts, sizes, leakage and seconds live in the metrics DVC tracks, not beside the data
+    summary = json.loads((tmp_path / "metrics" / "prepare.json").read_text())
     assert summary["stats_over"]["constant_bins"] == [1]
+    assert summary["leakage"]["test_song_in_train"] == 0.0 and summary["seconds"] >= 0
+    assert summary["clips_kept"] == 18 and summary["split_method"] == "song"
     assert np.load(tmp_path / "data" / "prepared" / "labels.npy").shape == (18, 2)
-    assert (
-        json.loads((tmp_path / "metrics" / "prepare.json").read_text())["leakage"]["test_song_in_train"]
-        == 0.0
+    assert sorted(p.name for p in (tmp_path / "data" / "prepared").iterdir()) == sorted(
+        [MARKER, "labels.npy", "tags.json", "split.csv", "stats.json"]
     )
 
     params["tags"]["top_n"] = 10

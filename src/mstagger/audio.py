@@ -9,6 +9,11 @@ One difference on purpose: the frame count is fixed in the audio domain, so ever
 
 from __future__ import annotations
 
+import os
+import sys
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import librosa
@@ -16,6 +21,7 @@ import numpy as np
 import soundfile as sf
 
 from mstagger.params import SpectrogramParams
+from mstagger.util import log
 
 # A decoded clip whose absolute peak stays below this is treated as silence (an MP3 of digital
 # silence decodes to exact zeros; encoder dither stays far below 1e-4).
@@ -28,6 +34,29 @@ class AudioError(Exception):
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
         self.reason = reason
+
+
+@contextmanager
+def decoder_notes(path: str | Path) -> Iterator[None]:
+    """Catch what the C decoders print on stderr while ``path`` decodes and log it with the file's name.
+
+    libsndfile's MP3 decoder writes notes such as "Illegal Audio-MPEG-Header ... Trying to resync"
+    straight to file descriptor 2, without saying which file; a damaged clip among 25,000 could not
+    be found from them. Nothing is lost: every note is logged, prefixed by the path.
+    """
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as notes:
+        os.dup2(notes.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            notes.seek(0)
+            text = " ".join(notes.read().decode("utf-8", errors="replace").split())
+            if text:
+                log.warning("decoder notes for %s: %s", path, text)
 
 
 def load_audio(path: str | Path, sample_rate: int) -> np.ndarray:
@@ -44,7 +73,8 @@ def load_audio(path: str | Path, sample_rate: int) -> np.ndarray:
         The samples, shape (n,), float32; multichannel audio is averaged to mono.
 
     Raises:
-        AudioError: "missing file", "empty file" (0 bytes) or "decode failed: <libsndfile message>".
+        AudioError: "missing file", "empty file" (0 bytes), "not an audio file that can be decoded" or
+            "decode failed: <libsndfile message>".
     """
     path = Path(path)
     try:
@@ -54,9 +84,13 @@ def load_audio(path: str | Path, sample_rate: int) -> np.ndarray:
     if size == 0:
         raise AudioError("empty file")
     try:
-        data, file_rate = sf.read(path, dtype="float32", always_2d=True)  # (n, channels)
+        with decoder_notes(path):
+            data, file_rate = sf.read(path, dtype="float32", always_2d=True)  # (n, channels)
     except (sf.LibsndfileError, RuntimeError, ValueError, OSError) as err:
         message = " ".join(str(err).split())
+        if "not a regular file" in message or "Format not recognised" in message:
+            # libsndfile says "File does not exist or is not a regular file" for bytes it cannot parse
+            raise AudioError("not an audio file that can be decoded") from None
         raise AudioError(f"decode failed: {message}") from None
     y = data.mean(axis=1) if data.shape[1] > 1 else data[:, 0]  # (n,)
     if file_rate != sample_rate and y.size:

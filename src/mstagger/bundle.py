@@ -24,8 +24,9 @@ import torch
 from torch import nn
 
 from mstagger.model import MultiScaleCNN
+from mstagger.outputs import atomic_path
 from mstagger.params import PRECISIONS, SpectrogramParams
-from mstagger.util import UserError, atomic_path
+from mstagger.util import UserError
 
 FORMAT = "mstagger-bundle/2"
 

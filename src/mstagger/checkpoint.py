@@ -19,8 +19,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from mstagger.outputs import atomic_path
 from mstagger.params import Params
-from mstagger.util import atomic_path, log
+from mstagger.util import log
 
 FORMAT = "mstagger-checkpoint/1"
 # Params that never change the numbers: a checkpoint stays valid when only these differ.

@@ -8,7 +8,8 @@ and copies the CSVs beside them. With ``download.local_dir`` an existing MTAT co
 linked instead of downloaded.
 
 The output folder is built in a temporary sibling and renamed into place at the end, so an interrupted
-run never leaves a half-built ``paths.raw``.
+run never leaves a half-built ``paths.raw``; a folder there that the download did not write is never
+replaced. What it did (counts, seconds) goes to ``<paths.metrics>/download.json``.
 
 Run as ``python -m mstagger.download``.
 """
@@ -17,10 +18,8 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 import urllib.parse
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -29,12 +28,12 @@ from tqdm import tqdm
 from mstagger.archive import ArchiveError, extract_zip, open_parts
 from mstagger.dataset import ARCHIVE_PARTS, AUDIO_FOLDERS, CSV_FILES
 from mstagger.fetch import fetch, sha256_file
+from mstagger.outputs import check_writable, stage_metrics, staged_dir, write_json
 from mstagger.params import DemoParams, DownloadParams, Params, load_params
-from mstagger.util import UserError, disk_guard, log, stage_main, timed, write_json
+from mstagger.util import UserError, disk_guard, log, stage_main, timed
 
 # The small CSVs first: a wrong base_url fails in seconds, not after a gigabyte.
 MTAT_FILES = CSV_FILES + ARCHIVE_PARTS
-SUMMARY_NAME = "download_summary.json"
 
 
 def _pinned(sha256: Mapping[str, str] | None, name: str) -> str:
@@ -208,37 +207,6 @@ def _inside(path: Path, folder: Path) -> bool:
     return path == folder or folder in path.parents
 
 
-@contextmanager
-def _staged_dir(out_dir: Path) -> Iterator[Path]:
-    """Yield an empty sibling folder of ``out_dir``; on success it replaces ``out_dir`` whole.
-
-    On an exception the staging folder is removed and ``out_dir`` is left as it was. Staging folders
-    left by a killed run are removed on the next one.
-    """
-    parent = out_dir.parent
-    parent.mkdir(parents=True, exist_ok=True)
-    prefix = f".{out_dir.name}.download-"
-    for stale in parent.glob(f"{prefix}*.tmp"):
-        if stale.is_dir() and not stale.is_symlink():
-            shutil.rmtree(stale, ignore_errors=True)
-    staging = Path(tempfile.mkdtemp(prefix=prefix, suffix=".tmp", dir=parent))
-    try:
-        yield staging
-        old = None
-        if out_dir.exists() or out_dir.is_symlink():
-            old = parent / f"{prefix}old-{os.getpid()}.tmp"
-            os.rename(out_dir, old)
-        os.rename(staging, out_dir)
-        if old is not None:
-            if old.is_dir() and not old.is_symlink():
-                shutil.rmtree(old)
-            else:
-                old.unlink()
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging, ignore_errors=True)
-
-
 def _generate_demo(out_dir: Path, params: DemoParams, seed: int) -> dict[str, Any]:
     # Imported here: the demo generator pulls in audio libraries the mtat path does not need.
     from mstagger.demo import generate_demo
@@ -247,9 +215,10 @@ def _generate_demo(out_dir: Path, params: DemoParams, seed: int) -> dict[str, An
 
 
 def make_raw(params: Params, out_dir: Path, backoff: float = 1.0, progress: bool = True) -> dict[str, Any]:
-    """Rebuild ``out_dir`` for ``params.dataset`` and write its ``download_summary.json``.
+    """Rebuild ``out_dir`` for ``params.dataset``.
 
-    The folder is built in a temporary sibling and renamed into place only when complete.
+    The folder is built in a temporary sibling and renamed into place only when complete; a folder the
+    download did not write is never replaced (:func:`mstagger.outputs.staged_dir`).
 
     Args:
         params: all parameters (``dataset``, ``seed``, ``demo``, ``download``).
@@ -258,11 +227,12 @@ def make_raw(params: Params, out_dir: Path, backoff: float = 1.0, progress: bool
         progress: show progress bars.
 
     Returns:
-        The summary written to ``out_dir / download_summary.json`` (``dataset``, counts, ``seconds``).
+        A summary: ``dataset``, counts, ``seconds``.
 
     Raises:
-        UserError: ``download.cache_dir`` or ``download.local_dir`` lies inside ``out_dir``, or a
-            download, check or extraction failed (``out_dir`` is then left unchanged).
+        UserError: ``out_dir`` holds files the download did not write, ``download.cache_dir`` or
+            ``download.local_dir`` lies inside it, or a download, check or extraction failed
+            (``out_dir`` is then left unchanged).
     """
     out_dir = Path(out_dir)
     if params.dataset == "mtat":
@@ -277,13 +247,12 @@ def make_raw(params: Params, out_dir: Path, backoff: float = 1.0, progress: bool
                 f"download.local_dir {dl.local_dir} lies inside paths.raw {out_dir}, which is rebuilt on "
                 "every run; point it at a folder outside the pipeline's outputs"
             )
-    with timed() as seconds, _staged_dir(out_dir) as staging:
+    with timed() as seconds, staged_dir(out_dir, "download", "paths.raw") as staging:
         if params.dataset == "demo":
             summary = {"dataset": "demo", **_generate_demo(staging, params.demo, params.seed)}
         else:
             summary = {"dataset": "mtat", **download_mtat(params.download, staging, backoff, progress)}
-        summary["seconds"] = seconds()
-        write_json(staging / SUMMARY_NAME, summary)
+    summary["seconds"] = seconds()
     return summary
 
 
@@ -292,7 +261,10 @@ def main() -> None:
     """The ``download`` stage: rebuild ``paths.raw`` for the configured dataset."""
     params = load_params()
     out_dir = Path(params.paths.raw)
+    metrics = stage_metrics(params.paths.metrics, "download")
+    check_writable(metrics.parent)
     summary = make_raw(params, out_dir)
+    write_json(metrics, summary)
     if params.dataset == "mtat":
         log.info(
             "%d audio files in %d folders + %s (%s) -> %s in %.1f s",

@@ -31,9 +31,10 @@ from tqdm import tqdm
 from mstagger.artifacts import load_inputs
 from mstagger.baseline import CHUNK_CLIPS, fit_baseline
 from mstagger.metrics import macro_from_table, per_tag_scores
+from mstagger.outputs import check_replaceable, check_writable, stage_metrics, staged_dir, write_json
 from mstagger.params import load_params
 from mstagger.plots import write_csv, write_evaluation_plots
-from mstagger.util import UserError, log, stage_main, timed, write_json
+from mstagger.util import UserError, log, stage_main, timed
 
 Predict = Callable[[np.ndarray], np.ndarray]
 
@@ -210,20 +211,21 @@ def evaluate(
     metrics_dir = Path(metrics_dir)
     write_json(metrics_dir / "test.json", result)
     write_csv(table, metrics_dir / "test_per_tag.csv")
-    write_evaluation_plots(
-        y_test,
-        net,
-        table,
-        plots_dir,
-        curve_tags,
-        train_log_dir=train_log_dir,
-        macro={
-            "roc_auc": net_macro["roc_auc"],
-            "pr_auc": net_macro["pr_auc"],
-            "baseline_roc_auc": base_macro["roc_auc"],
-            "baseline_pr_auc": base_macro["pr_auc"],
-        },
-    )
+    with staged_dir(plots_dir, "evaluate", "paths.plots") as staging:
+        write_evaluation_plots(
+            y_test,
+            net,
+            table,
+            staging,
+            curve_tags,
+            train_log_dir=train_log_dir,
+            macro={
+                "roc_auc": net_macro["roc_auc"],
+                "pr_auc": net_macro["pr_auc"],
+                "baseline_roc_auc": base_macro["roc_auc"],
+                "baseline_pr_auc": base_macro["pr_auc"],
+            },
+        )
     return result
 
 
@@ -250,6 +252,8 @@ def main() -> None:
     """Evaluate the trained model on the test split (params from ``params.yaml``)."""
     params = load_params()
     paths = params.paths
+    check_writable(paths.metrics)
+    check_replaceable(paths.plots, "evaluate", "paths.plots")
     inputs = load_inputs(paths.features, paths.prepared)
     from mstagger.bundle import load_bundle, resolve_device  # imported here: it pulls in torch
 
@@ -280,6 +284,8 @@ def main() -> None:
             train_log_dir=paths.train_log,
         )
         seconds = elapsed()
+    summary = {"test_clips": result["n_clips"], "tags_scored": result["n_tags_scored"], "device": device}
+    write_json(stage_metrics(paths.metrics, "evaluate"), {**summary, "seconds": seconds})
     log.info("%s", format_summary(result, seconds))
     log.info("wrote %s/test.json, %s/test_per_tag.csv and %s/", paths.metrics, paths.metrics, paths.plots)
 

@@ -8,7 +8,8 @@ Outputs, in ``paths.features``:
   the decoded duration.
 - ``skipped.csv``: ``clip_id, mp3_path, bytes, reason`` for every clip that could not be used
   (missing, empty, undecodable, truncated, silent). A skipped clip is never zero-filled.
-- ``summary.json``: counts, shape, dtype, seconds taken, throughput.
+The folder is built in a temporary sibling and swapped in whole. Counts, shape, seconds taken and
+throughput go to ``<paths.metrics>/extract.json``.
 
 Workers decode clips in parallel and write each spectrogram straight into its row of a .npy file that
 has one row per listed clip; the rows of skipped clips are then squeezed out in place. The whole array
@@ -20,6 +21,7 @@ from __future__ import annotations
 import csv
 import importlib
 import io
+import math
 import multiprocessing as mp
 import os
 from collections import Counter
@@ -37,20 +39,19 @@ from mstagger import rowfile
 from mstagger.artifacts import INDEX_FILE, MEL_DTYPE, MEL_FILE, SKIPPED_FILE
 from mstagger.audio import AudioError, load_clip, log_mel
 from mstagger.dataset import ANNOTATIONS_FILE, RUN_DOWNLOAD, read_annotations
+from mstagger.outputs import check_writable, stage_metrics, staged_dir, write_json, write_text
 from mstagger.params import SpectrogramParams, load_params
 from mstagger.rowfile import RowFile
 from mstagger.util import (
     UserError,
-    atomic_path,
+    check_free,
+    die_with_parent,
     keep_freed_memory,
     log,
+    setup_logging,
     stage_main,
     timed,
-    write_json,
-    write_text,
 )
-
-SUMMARY_FILE = "summary.json"
 
 
 @dataclass(frozen=True)
@@ -81,6 +82,13 @@ def read_clips(raw_dir: Path) -> list[Clip]:
 _STATE: dict[str, Any] = {}
 # Modules librosa loads lazily on the first clip; imported up front so the BLAS thread limit covers them.
 _PRELOAD = ("mstagger.audio", "librosa.core.audio", "librosa.feature.spectral", "scipy.signal")
+
+
+def _init_pool_worker(target: RowFile, spec: SpectrogramParams, min_seconds: float) -> None:
+    """A worker process's start: end with its parent (a killed stage leaves no worker), then set up."""
+    die_with_parent()
+    setup_logging("extract")  # a spawned interpreter: decoder notes need the stage's log format
+    _init_worker(target, spec, min_seconds)
 
 
 def _init_worker(target: RowFile, spec: SpectrogramParams, min_seconds: float) -> None:
@@ -128,17 +136,17 @@ def _run_tasks(
             _STATE["limits"].unregister()
             _STATE.clear()
         return
-    # forkserver: workers fork from a clean server process, safe whatever threads or libraries (torch)
-    # the parent holds; the server imports the audio stack once, so workers start warm (a spawned
-    # worker spends ~2 s importing librosa and scipy). ProcessPoolExecutor, unlike multiprocessing.Pool,
-    # fails instead of hanging when a worker dies.
-    context = mp.get_context("forkserver")
-    context.set_forkserver_preload(list(_PRELOAD))
+    # spawn: workers are fresh interpreters, safe whatever threads or libraries (torch) the parent
+    # holds, and children of this process, so they die with it (die_with_parent); a forkserver's
+    # workers outlived a killed stage, holding the half-written array open. Each spends ~2 s importing
+    # the audio stack once. ProcessPoolExecutor, unlike multiprocessing.Pool, fails instead of hanging
+    # when a worker dies.
+    context = mp.get_context("spawn")
     size = max(1, min(8, len(tasks) // (workers * 8)))
     batches = [tasks[i : i + size] for i in range(0, len(tasks), size)]
     try:
         with ProcessPoolExecutor(
-            workers, mp_context=context, initializer=_init_worker, initargs=(target, spec, min_seconds)
+            workers, mp_context=context, initializer=_init_pool_worker, initargs=(target, spec, min_seconds)
         ) as pool:
             futures = [pool.submit(_process_batch, batch) for batch in batches]
             try:
@@ -177,41 +185,37 @@ def _file_size(path: Path) -> int | str:
         return ""
 
 
-def _report(
-    clips: list[Clip],
-    results: list[ClipResult],
-    raw_dir: Path,
-    out_dir: Path,
-    shape: tuple,
-    seconds: float,
-    workers: int,
-) -> dict:
-    """Write skipped.csv and summary.json, log what happened, and return the summary."""
-    skipped = [r for r in results if r.reason is not None]
-    skipped_rows = [
+def _skipped_rows(clips: list[Clip], results: list[ClipResult], raw_dir: Path) -> list[list[Any]]:
+    """Rows of skipped.csv: clip_id, mp3_path, bytes, reason."""
+    return [
         [clips[r.row].clip_id, clips[r.row].mp3_path, _file_size(raw_dir / clips[r.row].mp3_path), r.reason]
-        for r in skipped
+        for r in results
+        if r.reason is not None
     ]
-    reasons = Counter(str(r.reason).split(":")[0] for r in skipped)
+
+
+def _report(
+    n_clips: int, skipped: list[list[Any]], out_dir: Path, shape: tuple, seconds: float, workers: int
+) -> dict:
+    """Log what the stage did and return its summary (counts, shape, seconds)."""
+    reasons = Counter(str(row[3]).split(":")[0] for row in skipped)
     summary = {
-        "clips_read": len(clips),
+        "clips_read": n_clips,
         "extracted": shape[0],
         "skipped": len(skipped),
         "skipped_reasons": dict(sorted(reasons.items())),
         "shape": list(shape),
         "dtype": MEL_DTYPE.name,
         "seconds": seconds,
-        "clips_per_second": round(len(clips) / seconds, 2) if seconds > 0 else None,
+        "clips_per_second": round(n_clips / seconds, 2) if seconds > 0 else None,
         "workers": workers,
     }
-    write_text(out_dir / SKIPPED_FILE, _csv_text(["clip_id", "mp3_path", "bytes", "reason"], skipped_rows))
-    write_json(out_dir / SUMMARY_FILE, summary)
-    for clip_id, mp3_path, _, reason in skipped_rows:
+    for clip_id, mp3_path, _, reason in skipped:
         log.info("skipped clip %s (%s): %s", clip_id, mp3_path, reason)
     log.info(
         "%d of %d clips -> %s %s %s; skipped %d%s (list in %s); %.1f s, %.1f clips/s",
         shape[0],
-        len(clips),
+        n_clips,
         out_dir / MEL_FILE,
         tuple(shape),
         MEL_DTYPE.name,
@@ -227,19 +231,22 @@ def _report(
 def extract(raw_dir: Path, out_dir: Path, spec: SpectrogramParams, workers: int, min_seconds: float) -> dict:
     """Compute the log-mel spectrogram of every clip of ``raw_dir`` into ``out_dir``.
 
+    ``out_dir`` is built in a temporary sibling folder and swapped in whole when complete, so a kill
+    leaves the previous features or the new ones; the disk's room for the array is checked first.
+
     Args:
         raw_dir: folder with ``annotations_final.csv`` and the audio at its ``mp3_path`` entries.
-        out_dir: folder for mel.npy, index.csv, skipped.csv and summary.json (rewritten whole).
+        out_dir: folder for mel.npy, index.csv and skipped.csv (``paths.features``).
         spec: the spectrogram parameters.
         workers: decoding processes; 1 runs in this process.
         min_seconds: clips decoding to less audio are skipped as truncated.
 
     Returns:
-        The summary written to summary.json.
+        The summary: counts, reasons for skipping, shape, seconds.
 
     Raises:
-        UserError: the clip list is missing, malformed or empty, or no clip at all could be extracted
-            (skipped.csv and summary.json are still written, to say why).
+        UserError: the clip list is missing, malformed or empty, the disk lacks room, or no clip at all
+            could be extracted (``out_dir`` then holds skipped.csv alone, to say why).
     """
     raw_dir, out_dir = Path(raw_dir), Path(out_dir)
     clips = read_clips(raw_dir)
@@ -256,47 +263,50 @@ def extract(raw_dir: Path, out_dir: Path, spec: SpectrogramParams, workers: int,
         spec.n_mels,
         spec.n_frames,
     )
+    shape = (len(clips), spec.n_mels, spec.n_frames)
     slots: list[ClipResult | None] = [None] * len(clips)
-    with timed() as elapsed:
-        with atomic_path(out_dir / MEL_FILE) as mel_tmp:
-            # One row per listed clip, created sparse; workers fill the rows of the clips they extract.
-            shape = (len(clips), spec.n_mels, spec.n_frames)
-            target = rowfile.create(mel_tmp, len(clips), shape[1:], MEL_DTYPE)
-            with tqdm(total=len(tasks), unit="clip", desc="extract", mininterval=1.0) as bar:
-                for result in _run_tasks(tasks, target, spec, workers, min_seconds):
-                    slots[result.row] = result
-                    bar.update()
-            results = [r for r in slots if r is not None]
-            if len(results) != len(clips):
-                raise RuntimeError(f"{len(clips) - len(results)} clip results went missing")
-            good = [r.row for r in results if r.reason is None]
-            if not good:
-                for name in (MEL_FILE, INDEX_FILE):
-                    (out_dir / name).unlink(missing_ok=True)
-                _report(clips, results, raw_dir, out_dir, (0, *shape[1:]), elapsed(), workers)
-                raise UserError(
-                    f"no clip of {raw_dir} could be extracted; reasons in {out_dir / SKIPPED_FILE}"
-                )
+    with timed() as elapsed, staged_dir(out_dir, "extract", "paths.features") as staging:
+        # One row per listed clip, created sparse; workers fill the rows of the clips they extract.
+        check_free(staging, math.prod(shape) * MEL_DTYPE.itemsize)
+        target = rowfile.create(staging / MEL_FILE, len(clips), shape[1:], MEL_DTYPE)
+        with tqdm(total=len(tasks), unit="clip", desc="extract", mininterval=1.0) as bar:
+            for result in _run_tasks(tasks, target, spec, workers, min_seconds):
+                slots[result.row] = result
+                bar.update()
+        results = [r for r in slots if r is not None]
+        if len(results) != len(clips):
+            raise RuntimeError(f"{len(clips) - len(results)} clip results went missing")
+        good = [r.row for r in results if r.reason is None]
+        skipped = _skipped_rows(clips, results, raw_dir)
+        write_text(staging / SKIPPED_FILE, _csv_text(["clip_id", "mp3_path", "bytes", "reason"], skipped))
+        if good:
             rowfile.compact(target, good)
-        index_rows = [
-            [i, clips[row].clip_id, clips[row].mp3_path, results[row].seconds] for i, row in enumerate(good)
-        ]
-        write_text(out_dir / INDEX_FILE, _csv_text(["row", "clip_id", "mp3_path", "seconds"], index_rows))
-        seconds = elapsed()
-    return _report(clips, results, raw_dir, out_dir, (len(good), *shape[1:]), seconds, workers)
+            index_rows = [
+                [i, clips[r].clip_id, clips[r].mp3_path, results[r].seconds] for i, r in enumerate(good)
+            ]
+            write_text(staging / INDEX_FILE, _csv_text(["row", "clip_id", "mp3_path", "seconds"], index_rows))
+        else:
+            (staging / MEL_FILE).unlink()
+    summary = _report(len(clips), skipped, out_dir, (len(good), *shape[1:]), elapsed(), workers)
+    if not good:
+        raise UserError(f"no clip of {raw_dir} could be extracted; reasons in {out_dir / SKIPPED_FILE}")
+    return summary
 
 
 @stage_main
 def main() -> None:
-    """Run the stage on ``params.yaml``: ``paths.raw`` -> ``paths.features``."""
+    """Run the stage on ``params.yaml``: ``paths.raw`` -> ``paths.features``, summary to the metrics."""
     params = load_params()
-    extract(
+    metrics = stage_metrics(params.paths.metrics, "extract")
+    check_writable(metrics.parent)
+    summary = extract(
         Path(params.paths.raw),
         Path(params.paths.features),
         params.spectrogram,
         params.extract.workers,
         params.extract.min_seconds,
     )
+    write_json(metrics, summary)
 
 
 if __name__ == "__main__":

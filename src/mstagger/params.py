@@ -8,6 +8,7 @@ does work.
 from __future__ import annotations
 
 import math
+import os
 import types
 import typing
 from dataclasses import MISSING, dataclass, field, fields
@@ -20,6 +21,14 @@ PARAMS_FILE = Path("params.yaml")
 DATASETS = ("demo", "mtat")
 SPLIT_METHODS = ("folder", "random", "song", "artist")
 PRECISIONS = ("bf16", "fp32")
+# The paths.* folders the stages replace whole, and the stage that writes each.
+WHOLE_FOLDERS = {
+    "raw": "download",
+    "features": "extract",
+    "prepared": "prepare",
+    "train_log": "train",
+    "plots": "evaluate",
+}
 # torch.compile modes; reduce-overhead adds CUDA graphs. "none" trains eagerly.
 COMPILE_MODES = ("none", "default", "reduce-overhead", "max-autotune")
 
@@ -58,6 +67,16 @@ class PathsParams:
                 )
             if parts in ((".",), ()):
                 _fail(f"{key}.{name}", f"must name a file or folder below the repository root, got {value!r}")
+        # A folder a stage replaces whole must not hold any other output: the stage would delete it.
+        norm = {f.name: PurePosixPath(os.path.normpath(getattr(self, f.name))) for f in fields(self)}
+        for whole in WHOLE_FOLDERS:
+            for other, path in norm.items():
+                if other != whole and (path == norm[whole] or norm[whole] in path.parents):
+                    _fail(
+                        f"{key}.{other}",
+                        f"{path} lies in paths.{whole} ({norm[whole]}), which the {WHOLE_FOLDERS[whole]} "
+                        "stage replaces whole; choose a path outside it",
+                    )
 
 
 @dataclass(frozen=True)
@@ -223,8 +242,11 @@ class Params:
             _fail("lr", f"must be a positive number, got {self.lr}")
         if self.epochs < 1:
             _fail("epochs", f"must be at least 1, got {self.epochs}")
-        if self.batch_size < 1:
-            _fail("batch_size", f"must be at least 1, got {self.batch_size}")
+        if self.batch_size < 2:
+            _fail(
+                "batch_size",
+                f"must be at least 2 (BatchNorm needs two clips per batch), got {self.batch_size}",
+            )
         milestones = self.lr_milestones
         if any(m < 1 for m in milestones) or list(milestones) != sorted(set(milestones)):
             _fail("lr_milestones", f"must be increasing positive epochs, got {milestones}")

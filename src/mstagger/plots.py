@@ -22,7 +22,8 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from mstagger.metrics import pr_points, roc_points
-from mstagger.util import atomic_path, log, write_text
+from mstagger.outputs import atomic_path, write_text
+from mstagger.util import log
 
 # Most points kept per curve in the CSV data: enough for a smooth line, small enough for DVC's renderer.
 MAX_CURVE_POINTS = 500

@@ -4,8 +4,9 @@ Reads MTAT's two CSVs (``paths.raw``) and the extract stage's outputs (``paths.f
 clips that extracted, merges synonyms, keeps the top-N tags, splits, measures leakage and computes the
 normalisation statistics over the training split (:mod:`mstagger.labels` does each step). Writes to
 ``paths.prepared`` the files :mod:`mstagger.artifacts` names (``labels.npy``, ``tags.json``,
-``split.csv``, ``stats.json``) and ``summary.json``; ``paths.metrics``/``prepare.json`` holds the split
-sizes and leakage, so ``dvc metrics diff`` shows them.
+``split.csv``, ``stats.json``), built in a temporary sibling folder and swapped in whole, so a kill never
+leaves a new split beside old statistics; ``<paths.metrics>/prepare.json`` holds the counts, split
+sizes, leakage and seconds, so ``dvc metrics diff`` shows them.
 
 Clips the extract stage skipped are dropped *before* tags are counted, so the top-N tags and their
 counts describe exactly the clips that are trained and evaluated on.
@@ -24,8 +25,9 @@ import pandas as pd
 from mstagger import artifacts
 from mstagger.dataset import ANNOTATIONS_FILE, CLIP_INFO_FILE, RUN_DOWNLOAD, read_annotations, read_clip_info
 from mstagger.labels import leakage, split_sizes, tag_and_split, train_stats
+from mstagger.outputs import atomic_path, check_writable, stage_metrics, staged_dir, write_json
 from mstagger.params import SplitParams, TagsParams, load_params
-from mstagger.util import UserError, atomic_path, log, stage_main, timed, write_json
+from mstagger.util import UserError, log, stage_main, timed
 
 
 @dataclass
@@ -154,29 +156,21 @@ def prepare(
     )
 
 
-def write_outputs(result: Prepared, prepared_dir: str | Path, metrics_dir: str | Path) -> None:
-    """Write the prepared artifacts, ``summary.json`` and the metrics' ``prepare.json``.
-
-    Every file is replaced whole and atomically.
-    """
-    prepared_dir, metrics_dir = Path(prepared_dir), Path(metrics_dir)
-    with atomic_path(prepared_dir / artifacts.LABELS_FILE) as tmp, open(tmp, "wb") as f:
+def write_outputs(result: Prepared, folder: str | Path) -> None:
+    """Write the prepared artifacts into ``folder`` (a staging folder, swapped in whole afterwards)."""
+    folder = Path(folder)
+    with atomic_path(folder / artifacts.LABELS_FILE) as tmp, open(tmp, "wb") as f:
         np.save(f, result.labels)
     tag_doc = {"tags": [{"name": n, "count": c} for n, c in result.tags]}
-    write_json(prepared_dir / artifacts.TAGS_FILE, tag_doc)
-    with atomic_path(prepared_dir / artifacts.SPLIT_FILE) as tmp:
+    write_json(folder / artifacts.TAGS_FILE, tag_doc)
+    with atomic_path(folder / artifacts.SPLIT_FILE) as tmp:
         result.split.to_csv(tmp, index=False, lineterminator="\n")
     stats = {
         "mean": result.mean.tolist(),
         "std": result.std.tolist(),
         "n_clips": result.summary["split_sizes"]["train"],
     }
-    write_json(prepared_dir / artifacts.STATS_FILE, stats)
-    write_json(prepared_dir / "summary.json", result.summary)
-    write_json(
-        metrics_dir / "prepare.json",
-        {"split_sizes": result.summary["split_sizes"], "leakage": result.summary["leakage"]},
-    )
+    write_json(folder / artifacts.STATS_FILE, stats)
 
 
 def log_summary(summary: dict[str, Any], tags: Sequence[tuple[str, int]]) -> None:
@@ -218,13 +212,17 @@ def log_summary(summary: dict[str, Any], tags: Sequence[tuple[str, int]]) -> Non
 
 @stage_main
 def main() -> None:
-    """Run the prepare stage with ``params.yaml``."""
+    """Run the prepare stage with ``params.yaml``; the summary goes to ``<paths.metrics>/prepare.json``."""
     params = load_params()
     paths = params.paths
-    result = prepare(paths.raw, paths.features, params.tags, params.split, params.seed)
-    write_outputs(result, paths.prepared, paths.metrics)
+    metrics = stage_metrics(paths.metrics, "prepare")
+    check_writable(metrics.parent)
+    with staged_dir(paths.prepared, "prepare", "paths.prepared") as staging:
+        result = prepare(paths.raw, paths.features, params.tags, params.split, params.seed)
+        write_outputs(result, staging)
+    write_json(metrics, result.summary)
     log_summary(result.summary, result.tags)
-    log.info("wrote %s and %s", paths.prepared, Path(paths.metrics) / "prepare.json")
+    log.info("wrote %s and %s", paths.prepared, metrics)
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ from typing import Any
 from mstagger.dataset import read_annotations, read_clip_info
 from mstagger.labels import leakage, split_sizes, tag_and_split
 from mstagger.params import PARAMS_FILE, SPLIT_METHODS, ParamsError, SplitParams, TagsParams, load_params
-from mstagger.util import UserError
+from mstagger.util import UserError, describe_os_error
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -129,6 +129,9 @@ def main(argv: list[str] | None = None) -> int:
         split = params.split if args.split is None else replace(params.split, method=args.split)
         seed = params.seed if args.seed is None else args.seed
         report = tag_report(args.annotations, args.clip_info, tags, split, seed)
+    except OSError as err:  # an unreadable file, a folder where a file was expected
+        print(f"error: {describe_os_error(err)}", file=sys.stderr)
+        return 2
     except (UserError, ParamsError) as err:
         message = str(err)
         if args.top_n is not None:  # the value came from the flag, not from params.yaml

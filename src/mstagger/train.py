@@ -41,8 +41,16 @@ from mstagger.distributed import (
 )
 from mstagger.metrics import macro_scores
 from mstagger.model import MultiScaleCNN, count_parameters
+from mstagger.outputs import (
+    check_replaceable,
+    check_writable,
+    mark,
+    remove_leftovers,
+    stage_metrics,
+    write_json,
+)
 from mstagger.params import Params, load_params
-from mstagger.util import UserError, human_size, keep_freed_memory, log, stage_main, timed, write_json
+from mstagger.util import UserError, check_free, human_size, keep_freed_memory, log, stage_main, timed
 
 Source = DeviceSource | StreamSource
 
@@ -82,6 +90,16 @@ def load_train_data(features: str | Path, prepared: str | Path) -> TrainData:
 
 
 # ------------------------------------------------------------------------------------------- steps
+
+
+def check_outputs(model_path: Path, log_dir: Path, checkpoint_path: Path) -> None:
+    """Before any work: the outputs' folders are writable with room for a model and a checkpoint, the
+    log folder is training's own, and leftovers of a killed run's writes are gone."""
+    for folder in (model_path.parent, checkpoint_path.parent):
+        check_writable(folder)
+        check_free(folder, 64 * 2**20)  # a bundle is ~12 MB, a checkpoint ~36 MB
+    check_replaceable(log_dir, "train", "paths.train_log")
+    remove_leftovers(model_path)
 
 
 def prepare_device(device: torch.device) -> None:
@@ -289,7 +307,8 @@ def train(
     """Train with ``params`` on ``data``, resuming from ``checkpoint_path`` when it matches.
 
     Writes the best epoch's bundle to ``model_path`` (rank 0, at the end), dvclive curves to
-    ``log_dir`` and a checkpoint after every epoch; a finished run removes its checkpoint.
+    ``log_dir`` and a checkpoint after every epoch; a finished run removes its checkpoint. Checks first
+    that all three can be written.
 
     Returns:
         A summary: best epoch and its validation scores, clips, device, data path, seconds, ...
@@ -302,6 +321,8 @@ def train(
     world = world or World()
     device = device or setup(world, params.device)
     prepare_device(device)
+    if world.main:  # fail now, not after an epoch, when the outputs cannot be written
+        check_outputs(model_path, log_dir, checkpoint_path)
     train_rows, valid_rows = data.rows("train"), data.rows("valid")
     if not epoch_batches(train_rows, params.batch_size, params.seed, 1, world.size) or len(valid_rows) == 0:
         raise UserError(
@@ -362,6 +383,7 @@ def train(
     )
     if live is not None:
         live.step = start - 1  # dvclive's own resume mis-counts after the first step
+        mark(log_dir, "train")
     with timed() as elapsed:
         for epoch in range(start, params.epochs + 1):
             lr = lr_at(epoch, params.lr, params.lr_milestones, params.lr_gamma)
@@ -437,7 +459,6 @@ def train(
             "compile": params.compile,
             "seconds": seconds,
         }
-        write_json(log_dir / "summary.json", summary)
     barrier(world)
     return summary
 
@@ -455,6 +476,9 @@ def main() -> None:
     world = world_from_env()
     if not world.main:
         log.setLevel("WARNING")  # one voice: rank 0 reports
+    metrics = stage_metrics(params.paths.metrics, "train")
+    if world.main:
+        check_writable(metrics.parent)
     device = setup(world, params.device)
     try:
         data = load_train_data(params.paths.features, params.paths.prepared)
@@ -472,6 +496,7 @@ def main() -> None:
     finally:
         teardown(world)
     if world.main:
+        write_json(metrics, summary)
         log.info(
             "best epoch %d of %d (val roc-auc %.4f, pr-auc %.4f) -> %s in %.1f s",
             summary["best_epoch"],

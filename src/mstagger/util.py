@@ -5,12 +5,11 @@ from __future__ import annotations
 import ctypes
 import errno
 import functools
-import json
 import logging
 import os
 import shutil
+import signal
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -26,39 +25,23 @@ class UserError(RuntimeError):
     """An expected failure (missing file, bad checksum, bad input): printed as one line, no traceback."""
 
 
-@contextmanager
-def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; on success it replaces ``path`` in one step.
+class _Stderr(logging.StreamHandler):
+    """A handler writing to whatever ``sys.stderr`` is when a line is logged (tests swap it)."""
 
-    On an exception the temporary file is removed and ``path`` is left as it was.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
-    try:
-        yield tmp_path
-        os.chmod(tmp_path, 0o644)  # mkstemp creates 0600; outputs are ordinary readable files
-        os.replace(tmp_path, path)
-    finally:
-        tmp_path.unlink(missing_ok=True)
+    @property
+    def stream(self):
+        return sys.stderr
 
-
-def write_text(path: str | Path, text: str) -> None:
-    """Write ``text`` to ``path`` atomically (UTF-8)."""
-    with atomic_path(path) as tmp:
-        tmp.write_text(text, encoding="utf-8")
-
-
-def write_json(path: str | Path, data: Any) -> None:
-    """Write ``data`` as indented JSON to ``path`` atomically."""
-    write_text(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
+    @stream.setter
+    def stream(self, value) -> None:
+        pass
 
 
 def setup_logging(stage: str) -> None:
     """Log INFO lines to stderr as ``<stage>: message``: the logger adds the stage's name."""
-    logging.basicConfig(level=logging.INFO, format=f"{stage}: %(message)s", stream=sys.stderr, force=True)
+    handler = _Stderr()
+    handler.setFormatter(logging.Formatter(f"{stage}: %(message)s"))
+    logging.basicConfig(level=logging.INFO, handlers=[handler], force=True)
 
 
 @contextmanager
@@ -66,6 +49,16 @@ def timed() -> Iterator[Callable[[], float]]:
     """Yield a function returning the seconds elapsed since entering the block."""
     start = time.perf_counter()
     yield lambda: round(time.perf_counter() - start, 3)
+
+
+def describe_os_error(err: OSError) -> str:
+    """One line for an operating-system error: what failed, on which file, and what to do."""
+    where = " -> ".join(str(f) for f in (err.filename, err.filename2) if f) or "a file"
+    if err.errno in _DISK_FULL:
+        return f"disk full while writing {where}; free some space and run again"
+    if err.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return f"cannot write {where}: {err.strerror}; make it writable or change its paths.* entry"
+    return f"{err.strerror or err} ({where})"
 
 
 def _stage_name(func: Callable[..., Any]) -> str:
@@ -87,6 +80,9 @@ def stage_main(func: Callable[[], Any]) -> Callable[[], None]:
             func()
         except (ParamsError, UserError) as err:
             print(f"error: {err}", file=sys.stderr)
+            raise SystemExit(2) from None
+        except OSError as err:  # a read-only folder, a full disk, a file removed under our feet
+            print(f"error: {describe_os_error(err)}", file=sys.stderr)
             raise SystemExit(2) from None
         except KeyboardInterrupt:
             print("interrupted", file=sys.stderr)
@@ -148,3 +144,20 @@ def keep_freed_memory(mmap_threshold: int, trim_threshold: int) -> None:
         libc.mallopt(_M_TRIM_THRESHOLD, trim_threshold)
     except (OSError, AttributeError):
         pass
+
+
+_PR_SET_PDEATHSIG = 1  # prctl option, from linux/prctl.h
+
+
+def die_with_parent() -> None:
+    """Have the kernel kill this (worker) process when its parent dies (Linux; elsewhere nothing).
+
+    A killed stage must not leave its worker processes running, holding memory and open files.
+    """
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):
+        return
+    if os.getppid() == 1:  # the parent died before the request took effect
+        os._exit(1)

@@ -25,8 +25,8 @@ from mstagger.dataset import (
 from mstagger.demo.arrangement import synthesise_song
 from mstagger.demo.catalogue import CLIP_SECONDS, Catalogue, Song, plan_catalogue
 from mstagger.demo.instruments import note_template
+from mstagger.outputs import atomic_path, write_text
 from mstagger.params import DemoParams
-from mstagger.util import atomic_path, write_text
 
 URL_HOST = "http://demo.mstagger.invalid"  # a reserved, never-resolving host: the demo links nowhere
 TRUNCATED_SECONDS = 1.5  # audio left in the truncated broken clip
