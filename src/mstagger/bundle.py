@@ -161,6 +161,11 @@ class Bundle:
         return self.tagger.network
 
     @property
+    def device(self) -> torch.device:
+        """Where the network runs."""
+        return next(self.tagger.parameters()).device
+
+    @property
     def mean(self) -> np.ndarray:
         """(n_mels,) training-split mean per mel bin."""
         return self.tagger.mean.flatten().cpu().numpy()

@@ -116,7 +116,7 @@ def _torch_threads(bundle: Bundle, workers: int) -> Iterator[None]:
     Two OpenMP threads sharing two cores with two workers spend their time waiting on each other.
     """
     before = torch.get_num_threads()
-    if workers and next(bundle.tagger.parameters()).device.type == "cpu":
+    if workers and bundle.device.type == "cpu":
         torch.set_num_threads(max(1, available_cpus() - workers))
     try:
         yield
@@ -136,7 +136,7 @@ def tag_files(
         batch_size: windows per forward pass, across files (default: :func:`default_batch_size`).
     """
     spec = bundle.spectrogram
-    batch_size = batch_size or default_batch_size(next(bundle.tagger.parameters()).device)
+    batch_size = batch_size or default_batch_size(bundle.device)
     if workers:  # a few batches' worth of windows may wait, and a couple per worker
         source = decode_in_workers(paths, spec, MIN_SECONDS, workers, queued=2 * (batch_size + workers))
     else:
@@ -254,8 +254,12 @@ def _files(n: int) -> str:
 def _summary(tally: Counter, skipped: int, ignored: Counter, csv: Path | None) -> str:
     """The closing line: files tagged, failed, skipped and ignored; hours of audio; throughput."""
     hours, seconds = tally["audio_seconds"] / 3600, tally["seconds"]
-    speed = f"{tally['tagged'] / seconds:.1f} files/s, {hours * 3600 / seconds:.0f} hours of audio per hour"
-    parts = [f"tagged {_files(tally['tagged'])} ({hours:.2f} hours of audio) in {seconds:.1f} s ({speed})"]
+    parts = [f"tagged {_files(tally['tagged'])}"]
+    if tally["tagged"]:
+        speed = (
+            f"{tally['tagged'] / seconds:.1f} files/s, {hours * 3600 / seconds:.0f} hours of audio per hour"
+        )
+        parts[0] += f" ({hours:.2f} hours of audio) in {seconds:.1f} s ({speed})"
     if tally["failed"]:
         parts.append(f"{tally['failed']} failed")
     if skipped:
@@ -291,7 +295,7 @@ def main(argv: list[str] | None = None) -> int:
             todo = ledger.resume(files, args.force) if ledger else files
             if bundle.params.get("dataset") == "demo":
                 print(DEMO_WARNING.format(model=model), file=sys.stderr)
-            tally = run(bundle, todo, args, ledger, model)
+            tally = tag_library(bundle, todo, args, ledger, model)
     except (UserError, ParamsError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -303,7 +307,7 @@ def main(argv: list[str] | None = None) -> int:
     return 1 if tally["failed"] else 0
 
 
-def run(
+def tag_library(
     bundle: Bundle, todo: list[AudioFile], args: argparse.Namespace, ledger: Ledger | None, model: Path
 ) -> Counter:
     """Tag ``todo`` and write each result as it comes: a CSV row, or printed text; JSON at the end.

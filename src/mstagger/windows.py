@@ -71,17 +71,18 @@ def decode_blocks(
                 resampler = soxr.ResampleStream(rate, sample_rate, 1, dtype="float32", quality="HQ")
             frames_in = samples_out = 0
             while True:
-                data = f.read(block_frames, dtype="float32", always_2d=True)  # (n, channels)
-                last = len(data) < block_frames
+                data = f.read(block_frames, dtype="float32", always_2d=True)  # (n, channels); 0 at the end
+                last = len(data) == 0
                 y = data.mean(axis=1) if data.shape[1] > 1 else data[:, 0]  # (n,)
                 frames_in += len(y)
                 if resampler is not None and frames_in:
-                    y = resampler.resample_chunk(y, last=last)
+                    y = resampler.resample_chunk(y, last=last)  # the last call flushes the filter
                     if last:  # librosa.resample's length: ceil(frames * ratio), zero-padded
                         wanted = math.ceil(frames_in * (float(sample_rate) / rate)) - samples_out
                         y = np.pad(y, (0, max(wanted - len(y), 0)))[:wanted]
                 samples_out += len(y)
-                yield np.ascontiguousarray(y, dtype=np.float32)
+                if len(y):
+                    yield np.ascontiguousarray(y, dtype=np.float32)
                 if last:
                     return
     except (sf.LibsndfileError, RuntimeError, ValueError, OSError) as err:
