@@ -57,12 +57,8 @@ def decode_blocks(
         AudioError: "missing file", "empty file" or "decode failed: <libsndfile message>".
     """
     path = Path(path)
-    try:
-        size = path.stat().st_size
-    except FileNotFoundError:
-        raise AudioError("missing file") from None
-    if size == 0:
-        raise AudioError("empty file")
+    if not path.exists() or path.stat().st_size == 0:  # load_audio's words for these two
+        raise AudioError("missing file" if not path.exists() else "empty file")
     try:
         with sf.SoundFile(path) as f:
             rate = f.samplerate
