@@ -1,41 +1,57 @@
-"""`mstagger predict`: tag a user's own audio file with a bundle."""
+"""`mstagger predict` and `mstagger info`: tag files and folders with a bundle, tables, decisions."""
 
+import csv
+import hashlib
 import json
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
 
 import numpy as np
+import psutil
 import pytest
 import soundfile as sf
 import torch
 
+from mstagger.audio import load_audio, log_mel
 from mstagger.bundle import Tagger, load_bundle, save_bundle
 from mstagger.cli import main as cli_main
+from mstagger.library import FIXED_COLUMNS
 from mstagger.model import MultiScaleCNN
 from mstagger.params import SpectrogramParams
-from mstagger.predict import predict_file, windows
+from mstagger.predict import predict_file
+from mstagger.windows import windows
 
 SPEC = SpectrogramParams(n_mels=32, clip_seconds=3.0)  # 66 frames: a tiny network
+TAGS = ["guitar", "drum", "piano"]
+
+
+def make_bundle(path, thresholds=None, params=None, training=None):
+    torch.manual_seed(0)
+    model = MultiScaleCNN(n_tags=3, n_mels=SPEC.n_mels, n_frames=SPEC.n_frames).eval()
+    tagger = Tagger(model, np.full(32, -5.0, np.float32), np.full(32, 3.0, np.float32))
+    params = {"lr": 1e-3} if params is None else params
+    save_bundle(path, tagger, TAGS, SPEC, "fp32", params, training or {}, "rev", thresholds=thresholds)
+    return path
 
 
 @pytest.fixture
 def bundle_path(tmp_path):
-    torch.manual_seed(0)
-    model = MultiScaleCNN(n_tags=3, n_mels=SPEC.n_mels, n_frames=SPEC.n_frames).eval()
-    path = tmp_path / "model.pt"
-    tagger = Tagger(model, np.full(32, -5.0, np.float32), np.full(32, 3.0, np.float32))
-    save_bundle(path, tagger, ["guitar", "drum", "piano"], SPEC, "fp32", {"lr": 1e-3}, {}, "rev")
-    return path
+    return make_bundle(tmp_path / "model.pt")
 
 
-def tone(path, seconds, sr=22050):
+def tone(path, seconds, sr=22050, hz=330.0, **kwargs):
+    path.parent.mkdir(parents=True, exist_ok=True)
     t = np.arange(int(seconds * sr)) / sr
-    sf.write(path, (0.3 * np.sin(2 * np.pi * 330 * t)).astype(np.float32), sr)
+    sf.write(path, (0.3 * np.sin(2 * np.pi * hz * t)).astype(np.float32), sr, **kwargs)
     return path
 
 
-def test_windows_cover_the_signal_and_drop_a_short_tail():
-    assert [len(w) for w in windows(np.zeros(100), 30)] == [30, 30, 30]  # tail of 10 < 15 dropped
-    assert [len(w) for w in windows(np.zeros(110), 30)] == [30, 30, 30, 20]  # tail of 20 kept
-    assert [len(w) for w in windows(np.zeros(12), 30)] == [12]  # shorter than a window
+def rows_of(table):
+    with open(table, newline="") as f:
+        return list(csv.reader(f))
 
 
 def test_predict_file_averages_the_windows(bundle_path, tmp_path):
@@ -43,11 +59,9 @@ def test_predict_file_averages_the_windows(bundle_path, tmp_path):
     probs, n_windows = predict_file(bundle, tone(tmp_path / "song.wav", 10.0))
     assert n_windows == 3  # 10 s in windows of 65 * 512 / 11025 = 3.02 s; a 0.9 s tail is dropped
     assert probs.shape == (3,) and np.all((probs > 0) & (probs < 1))
-    # The same as predicting the three windows directly and averaging.
-    from mstagger.audio import load_audio, log_mel
-
+    # The same as decoding the whole file, predicting the three windows directly and averaging.
     y = load_audio(tmp_path / "song.wav", SPEC.sample_rate)
-    mels = np.stack([log_mel(w, SPEC) for w in windows(y, (SPEC.n_frames - 1) * SPEC.hop_length)])
+    mels = np.stack([log_mel(w, SPEC) for w in windows([y], (SPEC.n_frames - 1) * SPEC.hop_length)])
     np.testing.assert_allclose(probs, bundle.predict(mels).mean(axis=0), rtol=1e-6)
 
 
@@ -59,7 +73,7 @@ def test_cli_prints_top_tags_and_json(bundle_path, tmp_path, capsys):
     assert cli_main(["predict", str(song), "--model", str(bundle_path), "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert set(result["files"][str(song)]["tags"]) == {"guitar", "drum", "piano"}
-    assert result["git_rev"] == "rev"
+    assert result["git_rev"] == "rev" and result["failed"] == {}
 
 
 def test_cli_reports_bad_files_and_a_missing_model(bundle_path, tmp_path, capsys):
@@ -78,9 +92,182 @@ def test_cli_reports_bad_files_and_a_missing_model(bundle_path, tmp_path, capsys
     assert "not found" in capsys.readouterr().err
 
 
-def test_cli_device_auto_and_bad_top(bundle_path, tmp_path, capsys):
+def test_bad_flags_and_paths_are_one_line_and_status_2(bundle_path, tmp_path, capsys):
     song = tone(tmp_path / "song.wav", 4.0)
     assert cli_main(["predict", str(song), "--model", str(bundle_path), "--device", "auto"]) == 0
-    with pytest.raises(SystemExit):
-        cli_main(["predict", str(song), "--model", str(bundle_path), "--top", "0"])
-    assert "--top must be at least 1" in capsys.readouterr().err
+    capsys.readouterr()
+    for flags, message in [
+        (["--top", "0"], "error: --top must be at least 1, got 0"),
+        (["--workers", "-1"], "error: --workers must be at least 0, got -1"),
+        (["--batch-size", "0"], "error: --batch-size must be at least 1, got 0"),
+        (["--force"], "error: --force needs --csv"),
+    ]:
+        with pytest.raises(SystemExit) as exit_info:
+            cli_main(["predict", str(song), "--model", str(bundle_path), *flags])
+        assert exit_info.value.code == 2
+        err = capsys.readouterr().err
+        assert err.startswith(message) and err.count("\n") == 1
+    assert cli_main(["predict", str(tmp_path / "nowhere"), "--model", str(bundle_path)]) == 2
+    assert capsys.readouterr().err == f"error: {tmp_path / 'nowhere'}: no such file or folder\n"
+    (tmp_path / "empty_folder").mkdir()
+    assert cli_main(["predict", str(tmp_path / "empty_folder"), "--model", str(bundle_path)]) == 2
+    assert "no audio files in" in capsys.readouterr().err
+
+
+def make_library(root):
+    """Nested folders: four good files in three formats, a broken file and a non-audio file."""
+    good = [
+        tone(root / "a.wav", 4.0),
+        tone(root / "rock" / "b.flac", 7.0, hz=440.0),
+        tone(root / "rock" / "live" / "c.mp3", 10.0, sr=16000, hz=220.0, format="MP3"),
+        tone(root / "jazz" / "d.wav", 2.0, sr=44100, hz=660.0),
+    ]
+    (root / "rock" / "live" / "broken.mp3").write_bytes(b"ID3 not really an mp3" * 40)
+    (root / "jazz" / "cover.jpg").write_bytes(b"\xff\xd8\xff")
+    return good
+
+
+def test_a_library_folder_to_a_csv(bundle_path, tmp_path, capsys):
+    good = make_library(tmp_path / "lib")
+    table = tmp_path / "tags.csv"
+    code = cli_main(["predict", str(tmp_path / "lib"), "--model", str(bundle_path), "--csv", str(table),
+                     "--workers", "2", "--batch-size", "4"])  # fmt: skip
+    captured = capsys.readouterr()
+    assert code == 1  # the broken file failed, and says why; the others are tagged
+    broken = tmp_path / "lib" / "rock" / "live" / "broken.mp3"
+    assert f"{broken}: cannot tag: not an audio file that can be decoded" in captured.err
+    assert "tagged 4 files" in captured.err and "1 failed" in captured.err
+    assert "1 file ignored, not audio (.jpg 1)" in captured.err
+    assert captured.out == ""  # the table is the output
+    rows = rows_of(table)
+    assert rows[0] == [*FIXED_COLUMNS, *TAGS]
+    by_path = {row[0]: row for row in rows[1:]}
+    assert sorted(by_path) == sorted(str(p.resolve()) for p in good)
+    bundle = load_bundle(bundle_path)
+    for path in good:
+        row = by_path[str(path.resolve())]
+        probs, n_windows = predict_file(bundle, path)
+        assert int(row[1]) == path.stat().st_size and int(row[2]) == path.stat().st_mtime_ns
+        assert float(row[4]) == pytest.approx(sf.info(path).duration, abs=0.01) and int(row[5]) == n_windows
+        np.testing.assert_allclose([float(x) for x in row[7:]], probs, atol=2e-6)  # batched across files
+    # a rerun has nothing left to do but the broken file
+    assert cli_main(["predict", str(tmp_path / "lib"), "--model", str(bundle_path), "--csv", str(table)]) == 1
+    assert "4 files skipped, already in" in capsys.readouterr().err
+    assert len(rows_of(table)) == 5
+
+
+def test_a_killed_run_resumes_and_tags_every_file_once(bundle_path, tmp_path, capsys):
+    lib = tmp_path / "lib"
+    n = 40
+    for i in range(n):
+        tone(lib / f"{i // 10}" / f"song{i:02d}.wav", 12.0, sr=16000, hz=200.0 + 10 * i)
+    table = tmp_path / "tags.csv"
+    command = [sys.executable, "-m", "mstagger.cli", "predict", str(lib), "--model", str(bundle_path),
+               "--csv", str(table), "--workers", "1", "--batch-size", "2", "--device", "cpu"]  # fmt: skip
+    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        if table.exists() and len(table.read_bytes().splitlines()) > 3:  # header and three rows
+            break
+        time.sleep(0.01)
+    family = psutil.Process(proc.pid).children(recursive=True)  # the forkserver and the worker
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    tagged = len(rows_of(table)) - 1
+    assert 3 <= tagged < n, "the run was not killed partway"
+    _, alive = psutil.wait_procs(family, timeout=10)
+    assert not alive, "worker processes outlived the killed predict"
+    assert cli_main(command[3:]) == 0  # the rerun
+    err = capsys.readouterr().err
+    assert f"tagged {n - tagged} files" in err and f"{tagged} files skipped" in err
+    paths = Counter(row[0] for row in rows_of(table)[1:])
+    assert len(paths) == n and set(paths.values()) == {1}  # every file exactly once
+
+
+def test_thresholds_are_stored_and_applied(tmp_path, capsys):
+    song = tone(tmp_path / "song.wav", 4.0)
+    probs, _ = predict_file(load_bundle(make_bundle(tmp_path / "plain.pt")), song)
+    # guitar always, drum just above its probability (not asserted), piano exactly at it (asserted)
+    thresholds = [0.0, float(np.float32(probs[1])) + 1e-6, float(np.float32(probs[2]))]
+    model = make_bundle(tmp_path / "model.pt", thresholds=thresholds)
+    bundle = load_bundle(model)
+    np.testing.assert_array_equal(bundle.thresholds, np.asarray(thresholds, np.float32))
+    asserted = ["guitar", "piano"] if probs[0] >= probs[2] else ["piano", "guitar"]  # most probable first
+    args = ["predict", str(song), "--model", str(model), "--workers", "0"]
+    assert cli_main([*args, "--decide"]) == 0
+    assert capsys.readouterr().out == f"{song}: {', '.join(asserted)}\n"
+    assert cli_main([*args, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["files"][str(song)]["asserted"] == asserted
+    assert cli_main([*args, "--csv", str(tmp_path / "t.csv")]) == 0
+    assert rows_of(tmp_path / "t.csv")[1][6] == ";".join(asserted)
+    # a bundle without thresholds cannot decide
+    assert cli_main(["predict", str(song), "--model", str(tmp_path / "plain.pt"), "--decide"]) == 2
+    assert "holds no decision thresholds" in capsys.readouterr().err
+
+
+def test_a_demo_model_warns_once(tmp_path, capsys):
+    songs = [str(tone(tmp_path / f"{i}.wav", 4.0)) for i in range(3)]
+    demo = make_bundle(tmp_path / "demo.pt", params={"dataset": "demo"})
+    assert cli_main(["predict", *songs, "--model", str(demo), "--workers", "0"]) == 0
+    err = capsys.readouterr().err
+    assert err.count("warning:") == 1
+    assert "synthetic demo dataset" in err and "not meaningful on real music" in err and "dataset=mtat" in err
+    mtat = make_bundle(tmp_path / "mtat.pt", params={"dataset": "mtat"})
+    assert cli_main(["predict", *songs, "--model", str(mtat), "--workers", "0"]) == 0
+    assert "warning" not in capsys.readouterr().err
+
+
+def test_info_prints_what_the_bundle_knows(tmp_path, capsys, monkeypatch):
+    params = {"dataset": "demo", "seed": 7, "split": {"method": "folder"}}
+    training = {
+        "epochs": 40,
+        "best_epoch": 18,
+        "val_roc_auc": 0.71,
+        "val_pr_auc": 0.69,
+        "thresholds_default": 1,
+    }
+    model = make_bundle(tmp_path / "models" / "model.pt", [0.25, 0.5, 0.125], params, training)
+    monkeypatch.chdir(tmp_path)
+    assert cli_main(["info", "models/model.pt"]) == 0
+    out = capsys.readouterr().out
+    for text in ["mstagger-bundle/3", "demo: the synthetic demo dataset", "folder (seed 7)", "40 epochs",
+                 "best epoch 18", "ROC-AUC 0.7100", "git revision   rev", "guitar  0.2500", "piano   0.1250",
+                 "1 without a validation positive", "test scores    unknown: no dvc.lock"]:  # fmt: skip
+        assert text in out, text
+    # test scores when dvc.lock records that evaluate scored this very file
+    (tmp_path / "metrics").mkdir()
+    test_json = tmp_path / "metrics" / "test.json"
+    test_json.write_text(
+        json.dumps(
+            {
+                "roc_auc": 0.88,
+                "pr_auc": 0.7,
+                "n_clips": 24,
+                "at_thresholds": {"f1_micro": 0.6, "f1_macro": 0.5},
+            }
+        )
+    )
+
+    def md5(path):
+        return hashlib.md5(path.read_bytes()).hexdigest()
+
+    lock = {"schema": "2.0", "stages": {"evaluate": {
+        "deps": [{"path": "models/model.pt", "hash": "md5", "md5": md5(model)}],
+        "outs": [{"path": "metrics/test.json", "hash": "md5", "md5": md5(test_json)}]}}}  # fmt: skip
+    (tmp_path / "dvc.lock").write_text(json.dumps(lock))  # JSON is YAML
+    assert cli_main(["info", "models/model.pt", "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert (
+        info["test"]["roc_auc"] == 0.88 and info["thresholds"] == [0.25, 0.5, 0.125] and info["tags"] == TAGS
+    )
+    assert info["dataset"] == "demo" and info["split"] == "folder" and info["best_epoch"] == 18
+    assert cli_main(["info", "models/model.pt"]) == 0
+    assert (
+        "test scores    ROC-AUC 0.8800, PR-AUC 0.7000, F1 micro 0.6000, macro 0.5000"
+        in capsys.readouterr().out
+    )
+    make_bundle(model, [0.3, 0.3, 0.3], params, training)  # retrained since: those scores are not its own
+    assert cli_main(["info", "models/model.pt"]) == 0
+    assert "test scores    unknown: " in capsys.readouterr().out
+    assert cli_main(["info", "nowhere.pt"]) == 2
+    assert "not found" in capsys.readouterr().err

@@ -9,16 +9,19 @@ One difference on purpose: the frame count is fixed in the audio domain, so ever
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import librosa
 import numpy as np
 import soundfile as sf
+import soxr
 
 from mstagger.params import SpectrogramParams
 from mstagger.util import log
@@ -26,6 +29,13 @@ from mstagger.util import log
 # A decoded clip whose absolute peak stays below this is treated as silence (an MP3 of digital
 # silence decodes to exact zeros; encoder dither stays far below 1e-4).
 SILENCE_PEAK = 1.0e-4
+# Frames read at a time at the file's rate: 65 s at 16 kHz, 24 s at 44.1 kHz (8 MB of float32 stereo),
+# so a 29 s MTAT clip is read in one call, as librosa.load reads it. libsndfile's MP3 reader (1.2)
+# returns other samples after a read that ends inside the file (off by up to 0.2) on MP3s whose bit
+# reservoir mpg123 finds damaged ("part2_3_length too large"), as libsndfile's own encoder writes
+# them; so a clip read in blocks would not give the original code's features. A longer file may
+# differ from a whole read at these cuts.
+BLOCK_FRAMES = 1 << 20
 
 
 class AudioError(Exception):
@@ -36,41 +46,64 @@ class AudioError(Exception):
         self.reason = reason
 
 
-@contextmanager
-def decoder_notes(path: str | Path) -> Iterator[None]:
-    """Catch what the C decoders print on stderr while ``path`` decodes and log it with the file's name.
+class DecoderNotes:
+    """What the C decoders print on stderr while a file decodes, logged once with the file's name.
 
     libsndfile's MP3 decoder writes notes such as "Illegal Audio-MPEG-Header ... Trying to resync"
     straight to file descriptor 2, without saying which file; a damaged clip among 25,000 could not
-    be found from them. Nothing is lost: every note is logged, prefixed by the path.
+    be found from them. Each decoder call runs inside :meth:`capture`; :meth:`log` then logs all of a
+    file's notes in one line, prefixed by its path. Nothing is lost.
     """
-    sys.stderr.flush()
-    saved = os.dup(2)
-    with tempfile.TemporaryFile() as notes:
-        os.dup2(notes.fileno(), 2)
-        try:
-            yield
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)
-            notes.seek(0)
-            text = " ".join(notes.read().decode("utf-8", errors="replace").split())
-            if text:
-                log.warning("decoder notes for %s: %s", path, text)
+
+    def __init__(self, path: str | Path) -> None:
+        self.path, self.parts = path, []
+
+    @contextmanager
+    def capture(self) -> Iterator[None]:
+        sys.stderr.flush()
+        saved = os.dup(2)
+        with tempfile.TemporaryFile() as notes:
+            os.dup2(notes.fileno(), 2)
+            try:
+                yield
+            finally:
+                os.dup2(saved, 2)
+                os.close(saved)
+                notes.seek(0)
+                self.parts.append(notes.read().decode("utf-8", errors="replace"))
+
+    def log(self) -> None:
+        text = " ".join(" ".join(self.parts).split())
+        if text:
+            log.warning("decoder notes for %s: %s", self.path, text)
+        self.parts = []
 
 
-def load_audio(path: str | Path, sample_rate: int) -> np.ndarray:
-    """Decode an audio file to mono float32 at ``sample_rate``, as ``librosa.load(path, sr=...)`` does.
+def _open_error(err: Exception) -> AudioError:
+    message = " ".join(str(err).split())
+    if "not a regular file" in message or "Format not recognised" in message:
+        # libsndfile says "File does not exist or is not a regular file" for bytes it cannot parse
+        return AudioError("not an audio file that can be decoded")
+    return AudioError(f"decode failed: {message}")
 
-    Decoding uses soundfile (libsndfile 1.2 reads MP3); there is no audioread fallback, so every
-    failure surfaces here as one exception type.
+
+def decode_blocks(
+    path: str | Path, sample_rate: int, block_frames: int = BLOCK_FRAMES
+) -> Iterator[np.ndarray]:
+    """The one decoder: mono float32 blocks of ``path`` at ``sample_rate``, read a block at a time.
+
+    Channels are averaged, and the blocks resampled with soxr "HQ" as they are read (soxr's streaming
+    resampler gives the samples of ``librosa.resample(..., res_type="soxr_hq")`` on the whole signal,
+    whatever the block size); the total length is ``ceil(frames * ratio)``, as librosa makes it. So
+    the concatenated blocks are what ``librosa.load(path, sr=sample_rate)`` returns (bit for bit for
+    WAV and FLAC, and for an MP3 of at most ``block_frames``: see ``BLOCK_FRAMES``), and a file of any
+    length is never in memory whole. Decoding uses soundfile (libsndfile reads MP3); there is no
+    audioread fallback, so every failure surfaces as one exception type.
 
     Args:
         path: the audio file (MP3, WAV, FLAC, OGG, ...).
         sample_rate: the rate to resample to, in Hz.
-
-    Returns:
-        The samples, shape (n,), float32; multichannel audio is averaged to mono.
+        block_frames: frames read at a time at the file's rate.
 
     Raises:
         AudioError: "missing file", "empty file" (0 bytes), "not an audio file that can be decoded" or
@@ -83,19 +116,93 @@ def load_audio(path: str | Path, sample_rate: int) -> np.ndarray:
         raise AudioError("missing file") from None
     if size == 0:
         raise AudioError("empty file")
+    notes = DecoderNotes(path)
     try:
-        with decoder_notes(path):
-            data, file_rate = sf.read(path, dtype="float32", always_2d=True)  # (n, channels)
+        with notes.capture():
+            handle = sf.SoundFile(path)
     except (sf.LibsndfileError, RuntimeError, ValueError, OSError) as err:
-        message = " ".join(str(err).split())
-        if "not a regular file" in message or "Format not recognised" in message:
-            # libsndfile says "File does not exist or is not a regular file" for bytes it cannot parse
-            raise AudioError("not an audio file that can be decoded") from None
-        raise AudioError(f"decode failed: {message}") from None
-    y = data.mean(axis=1) if data.shape[1] > 1 else data[:, 0]  # (n,)
-    if file_rate != sample_rate and y.size:
-        y = librosa.resample(y, orig_sr=file_rate, target_sr=sample_rate, res_type="soxr_hq")
-    return np.ascontiguousarray(y, dtype=np.float32)
+        notes.log()
+        raise _open_error(err) from None
+    with handle:
+        try:
+            yield from _resampled_blocks(handle, notes, sample_rate, block_frames)
+        finally:  # also when the reader stops early or a block fails: the notes so far
+            notes.log()
+
+
+def _resampled_blocks(
+    handle: sf.SoundFile, notes: DecoderNotes, sample_rate: int, block_frames: int
+) -> Iterator[np.ndarray]:
+    rate = handle.samplerate
+    resampler = None
+    if rate != sample_rate:
+        resampler = soxr.ResampleStream(rate, sample_rate, 1, dtype="float32", quality="HQ")
+    frames_in = samples_out = 0
+    while True:
+        try:
+            with notes.capture():
+                data = handle.read(block_frames, dtype="float32", always_2d=True)  # (n, channels)
+        except (sf.LibsndfileError, RuntimeError, ValueError, OSError) as err:
+            raise AudioError(f"decode failed: {' '.join(str(err).split())}") from None
+        last = len(data) == 0
+        y = data.mean(axis=1) if data.shape[1] > 1 else data[:, 0]  # (n,)
+        frames_in += len(y)
+        if resampler is not None and frames_in:
+            y = resampler.resample_chunk(y, last=last)  # the last call flushes the filter
+            if last:  # librosa.resample's length: ceil(frames * ratio), zero-padded
+                wanted = math.ceil(frames_in * (float(sample_rate) / rate)) - samples_out
+                y = np.pad(y, (0, max(wanted - len(y), 0)))[:wanted]
+        samples_out += len(y)
+        if len(y):
+            yield np.ascontiguousarray(y, dtype=np.float32)
+        if last:
+            return
+
+
+def load_audio(path: str | Path, sample_rate: int) -> np.ndarray:
+    """A whole file as mono float32 at ``sample_rate`` (:func:`decode_blocks` joined), shape (n,).
+
+    Raises:
+        AudioError: as :func:`decode_blocks`.
+    """
+    blocks = list(decode_blocks(path, sample_rate))
+    return np.concatenate(blocks) if blocks else np.zeros(0, np.float32)
+
+
+@dataclass
+class StreamStats:
+    """What :func:`checked` saw of a stream: samples, absolute peak, whether all were finite."""
+
+    samples: int = 0
+    peak: float = 0.0
+    finite: bool = True
+
+
+def checked(
+    blocks: Iterable[np.ndarray], sample_rate: int, min_seconds: float, stats: StreamStats | None = None
+) -> Iterator[np.ndarray]:
+    """Pass ``blocks`` through; at their end check the whole is usable: finite, long enough, not silent.
+
+    A truncated or corrupt MP3 decodes without an error to shorter audio, which is why the decoded
+    length is checked.
+
+    Raises:
+        AudioError: "non-finite samples", "too short: 1.3 s < 20.0 s" or "silent", after the last block.
+    """
+    stats = stats if stats is not None else StreamStats()
+    for y in blocks:
+        stats.samples += y.size
+        stats.finite = stats.finite and bool(np.isfinite(y).all())
+        if y.size and stats.finite:
+            stats.peak = max(stats.peak, float(np.max(np.abs(y))))
+        yield y
+    seconds = stats.samples / sample_rate
+    if not stats.finite:
+        raise AudioError("non-finite samples")
+    if seconds < min_seconds:
+        raise AudioError(f"too short: {seconds:.1f} s < {min_seconds:.1f} s")
+    if stats.peak < SILENCE_PEAK:
+        raise AudioError("silent")
 
 
 def log_mel(y: np.ndarray, spec: SpectrogramParams) -> np.ndarray:
@@ -125,10 +232,7 @@ def log_mel(y: np.ndarray, spec: SpectrogramParams) -> np.ndarray:
 
 
 def load_clip(path: str | Path, sample_rate: int, min_seconds: float) -> np.ndarray:
-    """Decode a clip and check it is usable: finite, at least ``min_seconds`` long, not silent.
-
-    A truncated or corrupt MP3 decodes without an error to shorter audio, which is why the decoded
-    length is checked.
+    """Decode a clip and check it is usable (:func:`checked`).
 
     Args:
         path: the audio file.
@@ -139,17 +243,11 @@ def load_clip(path: str | Path, sample_rate: int, min_seconds: float) -> np.ndar
         The samples, float32, shape (n,).
 
     Raises:
-        AudioError: as :func:`load_audio`, or "non-finite samples", "too short: 1.3 s < 20.0 s", "silent".
+        AudioError: as :func:`decode_blocks`, or "non-finite samples", "too short: 1.3 s < 20.0 s",
+            "silent".
     """
-    y = load_audio(path, sample_rate)
-    if not np.isfinite(y).all():
-        raise AudioError("non-finite samples")
-    seconds = y.size / sample_rate
-    if seconds < min_seconds:
-        raise AudioError(f"too short: {seconds:.1f} s < {min_seconds:.1f} s")
-    if float(np.max(np.abs(y))) < SILENCE_PEAK:
-        raise AudioError("silent")
-    return y
+    blocks = list(checked(decode_blocks(path, sample_rate), sample_rate, min_seconds))
+    return np.concatenate(blocks) if blocks else np.zeros(0, np.float32)
 
 
 def clip_log_mel(path: str | Path, spec: SpectrogramParams, min_seconds: float) -> np.ndarray:

@@ -6,14 +6,16 @@ mel bin) folded in, so it takes raw log-mel as ``extract`` and ``predict`` compu
 validation, ``evaluate`` and ``predict`` all go through it, so the number that selects the model and the
 test number come from the same code.
 
-A bundle file stores the weights, the tag names in output order, the normalisation statistics, the
-spectrogram parameters, the model configuration, the precision, the params it was trained with and
-the git revision. It is written atomically and loads with ``torch.load(weights_only=True)``.
+A bundle file stores the weights, the tag names in output order, each tag's decision threshold, the
+normalisation statistics, the spectrogram parameters, the model configuration, the precision, the
+params it was trained with and the git revision. It is written atomically and loads with
+``torch.load(weights_only=True)``.
 """
 
 from __future__ import annotations
 
 import subprocess
+from collections.abc import Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,7 +30,7 @@ from mstagger.outputs import atomic_path
 from mstagger.params import PRECISIONS, SpectrogramParams
 from mstagger.util import UserError
 
-FORMAT = "mstagger-bundle/2"
+FORMAT = "mstagger-bundle/3"  # 3: decision thresholds per tag
 
 
 def git_revision(cwd: str | Path = ".") -> str:
@@ -152,11 +154,17 @@ class Bundle:
     params: dict[str, Any] = field(default_factory=dict)
     git_rev: str = "unknown"
     training: dict[str, Any] = field(default_factory=dict)
+    thresholds: np.ndarray | None = None  # (n_tags,) in ``tags`` order; None when none were stored
 
     @property
     def model(self) -> MultiScaleCNN:
         """The network alone (its input is standardised log-mel)."""
         return self.tagger.network
+
+    @property
+    def device(self) -> torch.device:
+        """Where the network runs."""
+        return next(self.tagger.parameters()).device
 
     @property
     def mean(self) -> np.ndarray:
@@ -180,6 +188,24 @@ class Bundle:
         logits = predict_logits(self.tagger, mels, precision=self.precision, batch_size=batch_size)
         return torch.sigmoid(logits).numpy()
 
+    def decide(self, probs: np.ndarray) -> np.ndarray:
+        """The tags the model asserts: True where a probability is at least its tag's threshold.
+
+        The rule the thresholds were chosen with (:func:`mstagger.metrics.f1_thresholds`), at float32,
+        the precision of the network's probabilities and of the thresholds.
+
+        Args:
+            probs: (..., n_tags) probabilities in ``self.tags`` order.
+
+        Raises:
+            UserError: the bundle holds no thresholds.
+        """
+        if self.thresholds is None:
+            raise UserError(
+                "this model bundle holds no decision thresholds; retrain it with `dvc repro train`"
+            )
+        return np.asarray(probs, dtype=np.float32) >= self.thresholds
+
 
 def save_bundle(
     path: str | Path,
@@ -190,6 +216,7 @@ def save_bundle(
     params: dict[str, Any],
     training: dict[str, Any],
     git_rev: str,
+    thresholds: Sequence[float] | None = None,
 ) -> None:
     """Write a bundle atomically (temporary file beside ``path``, then rename).
 
@@ -202,10 +229,13 @@ def save_bundle(
         params: the full pipeline params (plain types).
         training: facts of the run, e.g. best epoch and validation scores.
         git_rev: the revision the model was trained at.
+        thresholds: each tag's decision threshold, in ``tags`` order (None: the bundle holds none).
     """
     model = tagger.network
     if len(tags) != model.config.n_tags:
         raise ValueError(f"{len(tags)} tag names for a network with {model.config.n_tags} outputs")
+    if thresholds is not None and len(thresholds) != len(tags):
+        raise ValueError(f"{len(thresholds)} thresholds for {len(tags)} tags")
     payload = {
         "format": FORMAT,
         "state_dict": {k: v.detach().to("cpu", torch.float32) for k, v in model.state_dict().items()},
@@ -225,6 +255,7 @@ def save_bundle(
         "params": params,
         "training": training,
         "git_rev": git_rev,
+        "thresholds": None if thresholds is None else [float(t) for t in thresholds],
     }
     with atomic_path(path) as tmp:
         torch.save(payload, tmp)
@@ -268,4 +299,5 @@ def load_bundle(path: str | Path, device: str | torch.device = "cpu") -> Bundle:
         params=payload["params"],
         git_rev=payload["git_rev"],
         training=payload["training"],
+        thresholds=None if payload["thresholds"] is None else np.asarray(payload["thresholds"], np.float32),
     )

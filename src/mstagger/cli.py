@@ -1,19 +1,31 @@
-"""The ``mstagger`` command: ``predict`` and ``tags`` for users, and each pipeline stage by name."""
+"""The ``mstagger`` command: ``predict``, ``info`` and ``tags`` for users, and each pipeline stage by name."""
 
 from __future__ import annotations
 
+import argparse
 import importlib
+import os
 import sys
+from typing import NoReturn
 
 STAGES = ("download", "extract", "prepare", "train", "evaluate")
 USAGE = """usage: mstagger COMMAND [ARGS]
 
 commands:
-  predict FILE...   tag your own audio with a trained model bundle (see `mstagger predict -h`)
+  predict PATH...   tag your own audio, files or folders, with a trained model (`mstagger predict -h`)
+  info [MODEL]      what a model bundle knows: data, split, scores, tags and thresholds (`mstagger info -h`)
   tags              merged tag table, split sizes and leakage from MTAT metadata alone (`mstagger tags -h`)
   download | extract | prepare | train | evaluate
                     run one pipeline stage with ./params.yaml (what `dvc repro` runs)
 """
+
+
+class Parser(argparse.ArgumentParser):
+    """An argument parser whose errors are one ``error: ...`` line (exit status 2), no usage block."""
+
+    def error(self, message: str) -> NoReturn:
+        print(f"error: {message}", file=sys.stderr)
+        raise SystemExit(2)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -22,11 +34,22 @@ def main(argv: list[str] | None = None) -> int:
     if not argv or argv[0] in ("-h", "--help"):
         print(USAGE, end="")
         return 0 if argv else 2
-    command, rest = argv[0], argv[1:]
+    try:
+        return _dispatch(argv[0], argv[1:])
+    except BrokenPipeError:  # the reader went away (`mstagger info | head`): stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
+
+
+def _dispatch(command: str, rest: list[str]) -> int:
     if command == "predict":
         from mstagger.predict import main as predict_main
 
         return predict_main(rest)
+    if command == "info":
+        from mstagger.info import main as info_main
+
+        return info_main(rest)
     if command == "tags":
         from mstagger.tags_cli import main as tags_main
 

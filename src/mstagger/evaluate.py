@@ -30,7 +30,7 @@ from tqdm import tqdm
 
 from mstagger.artifacts import load_inputs
 from mstagger.baseline import CHUNK_CLIPS, fit_baseline
-from mstagger.metrics import macro_from_table, per_tag_scores
+from mstagger.metrics import macro_from_table, per_tag_scores, scores_at_thresholds
 from mstagger.outputs import check_replaceable, check_writable, stage_metrics, staged_dir, write_json
 from mstagger.params import load_params
 from mstagger.plots import write_csv, write_evaluation_plots
@@ -141,6 +141,7 @@ def evaluate(
     baseline_c: float = 1.0,
     train_log_dir: str | Path | None = None,
     chunk: int = CHUNK_CLIPS,
+    thresholds: np.ndarray | None = None,
 ) -> dict[str, Any]:
     """Score the network and the baseline on the test split and write metrics and plots.
 
@@ -157,10 +158,12 @@ def evaluate(
         baseline_c: inverse L2 strength of the logistic-regression baseline.
         train_log_dir: the dvclive folder drawn into ``training.png`` (None: no training curves).
         chunk: clips read from ``mel`` at a time.
+        thresholds: (tags,) the model's decision thresholds in ``tags`` order (None: not scored).
 
     Returns:
         The content of ``test.json``: ``roc_auc``, ``pr_auc`` (None if no tag is scorable), ``n_clips``,
-        ``n_tags_scored``, ``n_tags_excluded`` and ``baseline`` {``roc_auc``, ``pr_auc``}.
+        ``n_tags_scored``, ``n_tags_excluded``, ``baseline`` {``roc_auc``, ``pr_auc``} and, with
+        ``thresholds``, ``at_thresholds`` (see :func:`mstagger.metrics.scores_at_thresholds`).
 
     Raises:
         UserError: the inputs do not line up, the test or training split is empty, or the network's
@@ -208,6 +211,16 @@ def evaluate(
         "n_tags_excluded": int(net_macro["n_tags_excluded"]),
         "baseline": {"roc_auc": _number(base_macro["roc_auc"]), "pr_auc": _number(base_macro["pr_auc"])},
     }
+    if thresholds is not None:  # the tags the model asserts, scored: F1, precision, recall
+        decided = scores_at_thresholds(y_test, net, thresholds)
+        result["at_thresholds"] = {k: v if k == "n_tags_scored" else _number(v) for k, v in decided.items()}
+        log.info(
+            "at the model's thresholds: F1 micro %.4f, macro %.4f; precision micro %.4f, recall micro %.4f",
+            decided["f1_micro"],
+            decided["f1_macro"],
+            decided["precision_micro"],
+            decided["recall_micro"],
+        )
     metrics_dir = Path(metrics_dir)
     write_json(metrics_dir / "test.json", result)
     write_csv(table, metrics_dir / "test_per_tag.csv")
@@ -270,6 +283,10 @@ def main() -> None:
             ) from None
 
     predict = align_predict(bundle_predict, bundle.tags, inputs.tags, source=paths.model)
+    thresholds = getattr(bundle, "thresholds", None)  # the decision thresholds, if the bundle has them
+    if thresholds is not None:  # in label order, as align_predict orders the scores
+        by_tag = dict(zip(bundle.tags, thresholds, strict=True))
+        thresholds = np.array([by_tag[t] for t in inputs.tags])
     with timed() as elapsed:
         result = evaluate(
             inputs.mel,
@@ -282,6 +299,7 @@ def main() -> None:
             curve_tags=params.evaluate.curve_tags,
             baseline_c=params.evaluate.baseline_c,
             train_log_dir=paths.train_log,
+            thresholds=thresholds,
         )
         seconds = elapsed()
     summary = {"test_clips": result["n_clips"], "tags_scored": result["n_tags_scored"], "device": device}

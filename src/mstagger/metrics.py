@@ -1,7 +1,11 @@
-"""Tagging scores: per-tag and macro ROC-AUC and PR-AUC (average precision).
+"""Tagging scores: per-tag and macro ROC-AUC and PR-AUC (average precision); decision thresholds.
 
 A tag whose ground truth has no positive or no negative example is undefined for both scores; it is
 reported as NaN per tag and left out of the macro averages (and counted), never a crash.
+
+Decisions: the model asserts a tag when its probability is at least the tag's threshold.
+:func:`f1_thresholds` chooses each tag's threshold on the validation split (the one maximising the
+tag's F1); :func:`scores_at_thresholds` scores the decisions on another split.
 """
 
 from __future__ import annotations
@@ -69,6 +73,88 @@ def macro_scores(y_true: np.ndarray, y_score: np.ndarray) -> dict[str, float | i
     """
     tags = [str(j) for j in range(np.asarray(y_true).shape[1])]
     return macro_from_table(per_tag_scores(y_true, y_score, tags))
+
+
+DEFAULT_THRESHOLD = 0.5  # for a tag without validation positives: no F1 to maximise
+
+
+def f1_thresholds(
+    y_true: np.ndarray, y_prob: np.ndarray, default: float = DEFAULT_THRESHOLD
+) -> tuple[np.ndarray, int]:
+    """Per tag, the threshold that maximises F1 when the tag is asserted at ``y_prob >= threshold``.
+
+    The candidates are the tag's distinct probabilities (compared at float32, the network's precision);
+    F1 ties go to the lower threshold (the one that asserts more). A tag without a positive example gets
+    ``default``.
+
+    Args:
+        y_true: (clips, tags) 0/1 ground truth, e.g. of the validation split.
+        y_prob: (clips, tags) predicted probabilities.
+        default: the threshold of tags without a positive.
+
+    Returns:
+        (thresholds (tags,) float32 in column order, the number of tags given ``default``).
+    """
+    y_true = np.asarray(y_true).astype(bool)
+    y_prob = np.asarray(y_prob, dtype=np.float32)
+    if y_true.shape != y_prob.shape:
+        raise ValueError(f"shapes differ: y_true {y_true.shape}, y_prob {y_prob.shape}")
+    thresholds = np.full(y_true.shape[1], default, dtype=np.float32)
+    n_default = 0
+    for j in range(y_true.shape[1]):
+        positives = int(y_true[:, j].sum())
+        if positives == 0:
+            n_default += 1
+            continue
+        order = np.argsort(-y_prob[:, j], kind="stable")
+        score, truth = y_prob[order, j], y_true[order, j]  # by decreasing probability
+        last = np.append(score[1:] != score[:-1], True)  # the last clip of each run of equal scores
+        tp = np.cumsum(truth)[last]  # asserting every clip down to that score
+        asserted = np.flatnonzero(last) + 1
+        f1 = 2 * tp / (asserted + positives)
+        best = len(f1) - 1 - int(np.argmax(f1[::-1]))  # the lowest threshold among the ties
+        thresholds[j] = score[last][best]
+    return thresholds, n_default
+
+
+def scores_at_thresholds(y_true: np.ndarray, y_prob: np.ndarray, thresholds: np.ndarray) -> dict:
+    """Micro and macro F1, precision and recall of asserting each tag at ``y_prob >= threshold``.
+
+    Micro pools every (clip, tag) decision. Macro averages over the tags with at least one positive
+    (recall and F1 are undefined without one); a tag asserted nowhere has precision 0.
+
+    Args:
+        y_true: (clips, tags) 0/1 ground truth.
+        y_prob: (clips, tags) predicted probabilities.
+        thresholds: (tags,) decision thresholds.
+
+    Returns:
+        ``f1_micro``, ``precision_micro``, ``recall_micro``, ``f1_macro``, ``precision_macro``,
+        ``recall_macro`` (NaN where undefined) and ``n_tags_scored`` (the tags in the macro averages).
+    """
+    y_true = np.asarray(y_true).astype(bool)
+    asserted = np.asarray(y_prob, np.float32) >= np.asarray(thresholds, np.float32)[None, :]
+    if y_true.shape != asserted.shape:
+        raise ValueError(f"shapes differ: y_true {y_true.shape}, y_prob {asserted.shape}")
+    tp = (y_true & asserted).sum(axis=0).astype(np.float64)  # (tags,)
+    n_asserted, positives = asserted.sum(axis=0), y_true.sum(axis=0)
+
+    def ratio(a: np.ndarray, b: np.ndarray) -> np.ndarray:  # a / b, 0 where b is 0
+        return np.divide(a, b, out=np.zeros(a.shape), where=b > 0)
+
+    nan = float("nan")
+    scored = positives > 0
+    n_scored = int(scored.sum())
+    total_tp, total_asserted, total_pos = tp.sum(), int(n_asserted.sum()), int(positives.sum())
+    return {
+        "f1_micro": float(2 * total_tp / (total_asserted + total_pos)) if total_pos else nan,
+        "precision_micro": float(total_tp / total_asserted) if total_asserted else nan,
+        "recall_micro": float(total_tp / total_pos) if total_pos else nan,
+        "f1_macro": float(ratio(2 * tp, n_asserted + positives)[scored].mean()) if n_scored else nan,
+        "precision_macro": float(ratio(tp, n_asserted)[scored].mean()) if n_scored else nan,
+        "recall_macro": float(ratio(tp, positives)[scored].mean()) if n_scored else nan,
+        "n_tags_scored": n_scored,
+    }
 
 
 def roc_points(truth: np.ndarray, score: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

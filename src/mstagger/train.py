@@ -39,7 +39,7 @@ from mstagger.distributed import (
     teardown,
     world_from_env,
 )
-from mstagger.metrics import macro_scores
+from mstagger.metrics import DEFAULT_THRESHOLD, f1_thresholds, macro_scores
 from mstagger.model import MultiScaleCNN, count_parameters
 from mstagger.outputs import (
     check_replaceable,
@@ -227,13 +227,15 @@ def recalibrate_batchnorm(
 
 
 def validate(tagger: Tagger, source: Source, data: TrainData, rows: np.ndarray, params: Params) -> dict:
-    """Loss, macro ROC-AUC and PR-AUC of the validation rows, through the one inference path."""
+    """Loss, macro ROC-AUC and PR-AUC of the validation rows, and their probabilities (``probs``, clips x
+    tags), through the one inference path."""
     mel, idx = source.for_inference(rows)
     logits = predict_logits(tagger, mel, idx, precision=params.precision, batch_size=params.batch_size)
     target = torch.from_numpy(data.labels[rows].astype(np.float32))
     loss = nn.functional.binary_cross_entropy_with_logits(logits, target).item()
-    scores = macro_scores(data.labels[rows], torch.sigmoid(logits).numpy())
-    return {"loss": loss, "roc_auc": scores["roc_auc"], "pr_auc": scores["pr_auc"]}
+    probs = torch.sigmoid(logits).numpy()
+    scores = macro_scores(data.labels[rows], probs)
+    return {"loss": loss, "roc_auc": scores["roc_auc"], "pr_auc": scores["pr_auc"], "probs": probs}
 
 
 def selection_key(val: dict[str, float]) -> tuple[float, float]:
@@ -434,6 +436,15 @@ def train(
         live.summary["best"] = best
         live.end()
         tagger.load_state_dict(best_state)
+        # Decision thresholds from the saved weights' validation probabilities (the same after a resume).
+        thresholds, n_default = f1_thresholds(
+            data.labels[valid_rows], validate(tagger, source, data, valid_rows, params)["probs"]
+        )
+        log.info(
+            "decision thresholds chosen on the validation split; %d tags without a positive get %s",
+            n_default,
+            DEFAULT_THRESHOLD,
+        )
         save_bundle(
             model_path,
             tagger,
@@ -441,8 +452,9 @@ def train(
             params.spectrogram,
             params.precision,
             asdict(params),
-            {**best, "epochs": params.epochs},
+            {**best, "epochs": params.epochs, "thresholds_default": n_default},
             git_rev,
+            thresholds=thresholds,
         )
         checkpoint.remove(checkpoint_path)
         summary = {
