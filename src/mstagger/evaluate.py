@@ -13,6 +13,10 @@ Reads the log-mel spectrograms (``<features>/mel.npy``, memory-mapped), the labe
 A tag without a positive or without a negative test clip has no ROC-AUC: it is left out of the macro
 averages and counted in ``n_tags_excluded``.
 
+With ``bootstrap_resamples``, ``test.json`` also gets 95% intervals (``roc_auc_ci``, ``pr_auc_ci``, and the
+baseline's), from resampling whole test songs (:mod:`mstagger.bootstrap`), and
+``network_beats_baseline``: the share of those resamples in which the network's macro score is higher.
+
 The baseline (:mod:`mstagger.baseline`), a logistic regression per tag on each mel band's mean and
 standard deviation, tells how much the network adds over the clip's average spectrum.
 """
@@ -30,12 +34,17 @@ from tqdm import tqdm
 
 from mstagger.artifacts import load_inputs
 from mstagger.baseline import CHUNK_CLIPS, fit_baseline
+from mstagger.bootstrap import paired_bootstrap
+from mstagger.dataset import song_key
 from mstagger.metrics import macro_from_table, per_tag_scores
 from mstagger.params import load_params
 from mstagger.plots import write_csv, write_evaluation_plots
 from mstagger.util import UserError, log, stage_main, timed, write_json
 
 Predict = Callable[[np.ndarray], np.ndarray]
+# Fixed, not params.seed: the resamples then depend on the test songs alone, so every experiment (any
+# seed) on the same test split is scored on the same resamples and its intervals compare like for like.
+BOOTSTRAP_SEED = 0
 
 
 def align_predict(
@@ -127,6 +136,11 @@ def _number(x: float) -> float | None:
     return None if x is None or math.isnan(x) else round(float(x), 6)
 
 
+def _numbers(scores: dict[str, Any]) -> dict[str, Any]:
+    """:func:`_number` applied to each value of a mapping, and to each item of a list value."""
+    return {k: [_number(x) for x in v] if isinstance(v, list) else _number(v) for k, v in scores.items()}
+
+
 def evaluate(
     mel: np.ndarray,
     labels: np.ndarray,
@@ -140,6 +154,8 @@ def evaluate(
     baseline_c: float = 1.0,
     train_log_dir: str | Path | None = None,
     chunk: int = CHUNK_CLIPS,
+    songs: Sequence[str] | None = None,
+    bootstrap_resamples: int = 0,
 ) -> dict[str, Any]:
     """Score the network and the baseline on the test split and write metrics and plots.
 
@@ -156,10 +172,14 @@ def evaluate(
         baseline_c: inverse L2 strength of the logistic-regression baseline.
         train_log_dir: the dvclive folder drawn into ``training.png`` (None: no training curves).
         chunk: clips read from ``mel`` at a time.
+        songs: (clips,) each clip's song key, for the bootstrap (None: every clip its own song).
+        bootstrap_resamples: song resamples for the intervals (0: no intervals).
 
     Returns:
         The content of ``test.json``: ``roc_auc``, ``pr_auc`` (None if no tag is scorable), ``n_clips``,
-        ``n_tags_scored``, ``n_tags_excluded`` and ``baseline`` {``roc_auc``, ``pr_auc``}.
+        ``n_tags_scored``, ``n_tags_excluded`` and ``baseline`` {``roc_auc``, ``pr_auc``}; with
+        ``bootstrap_resamples`` also ``roc_auc_ci``, ``pr_auc_ci`` ([low, high], None if undefined, and
+        the same in ``baseline``), ``n_songs`` and ``network_beats_baseline`` {``roc_auc``, ``pr_auc``}.
 
     Raises:
         UserError: the inputs do not line up, the test or training split is empty, or the network's
@@ -207,6 +227,16 @@ def evaluate(
         "n_tags_excluded": int(net_macro["n_tags_excluded"]),
         "baseline": {"roc_auc": _number(base_macro["roc_auc"]), "pr_auc": _number(base_macro["pr_auc"])},
     }
+    if bootstrap_resamples:
+        test_songs = [str(r) for r in test_rows] if songs is None else np.asarray(songs)[test_rows]
+        with timed() as elapsed:
+            boot = paired_bootstrap(
+                y_test, {"network": net, "baseline": base}, test_songs, bootstrap_resamples, BOOTSTRAP_SEED
+            )
+        log.info("%s (%.1f s)", boot.describe("network", "baseline"), elapsed())
+        result["baseline"].update(_numbers(boot.intervals("baseline")))
+        result.update(_numbers(boot.intervals("network")), n_songs=boot.n_songs)
+        result["network_beats_baseline"] = _numbers(boot.beats("network", "baseline"))
     metrics_dir = Path(metrics_dir)
     write_json(metrics_dir / "test.json", result)
     write_csv(table, metrics_dir / "test_per_tag.csv")
@@ -278,6 +308,8 @@ def main() -> None:
             curve_tags=params.evaluate.curve_tags,
             baseline_c=params.evaluate.baseline_c,
             train_log_dir=paths.train_log,
+            songs=[song_key(p) for p in inputs.mp3_path],
+            bootstrap_resamples=params.evaluate.bootstrap_resamples,
         )
         seconds = elapsed()
     log.info("%s", format_summary(result, seconds))
