@@ -1,4 +1,4 @@
-"""The ``mstagger`` command: ``predict`` and ``tags`` for users, and each pipeline stage by name."""
+"""The ``mstagger`` command: ``predict``, ``tags``, ``report`` for users, and each pipeline stage by name."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ USAGE = """usage: mstagger COMMAND [ARGS]
 commands:
   predict FILE...   tag your own audio with a trained model bundle (see `mstagger predict -h`)
   tags              merged tag table, split sizes and leakage from MTAT metadata alone (`mstagger tags -h`)
+  report [EXP...]   each metric's mean, std, min and max across experiments (`mstagger report -h`)
   download | extract | prepare | train | evaluate
                     run one pipeline stage with ./params.yaml (what `dvc repro` runs)
 """
@@ -31,6 +32,10 @@ def main(argv: list[str] | None = None) -> int:
         from mstagger.tags_cli import main as tags_main
 
         return tags_main(rest)
+    if command == "report":
+        from mstagger.report import main as report_main
+
+        return report_main(rest)
     if command in STAGES:
         importlib.import_module(f"mstagger.{command}").main()
         return 0
