@@ -11,8 +11,9 @@ a negative clip in a resample is left out of that resample's macro average, as t
 leaves out a tag without both classes in the test split.
 
 :func:`resampled_macro` scores every resample at once, one tag at a time: the clips are sorted by score
-once, the weights of all resamples are gathered in that order as one (resamples, clips) integer array
-and summed cumulatively, and each positive clip reads the weighted counts above and beside it.
+once; each positive clip needs the weight of the clips ranked above it and tied with it, which for all
+resamples at once is one sparse (ranks x songs) by dense (songs x resamples) integer product and a
+cumulative sum; the rest is arithmetic on (positives x resamples) arrays.
 :func:`resampled_macro_slow` is the obvious implementation (write each resample out, call
 scikit-learn), the definition the fast one is tested and benchmarked against.
 
@@ -27,6 +28,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+from scipy import sparse
 
 from mstagger.metrics import macro_scores
 
@@ -65,7 +67,7 @@ def _song_counts(draws: np.ndarray, n_songs: int) -> np.ndarray:
 
 
 def _tag_scores(
-    truth: np.ndarray, score: np.ndarray, clip_song: np.ndarray, counts: np.ndarray
+    truth: np.ndarray, score: np.ndarray, clip_song: np.ndarray, counts_t: np.ndarray, total_w: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
     """ROC-AUC and average precision of one tag in every resample; NaN where a class is missing.
 
@@ -73,49 +75,54 @@ def _tag_scores(
         truth: (clips,) bool.
         score: (clips,) float scores.
         clip_song: (clips,) song index of each clip.
-        counts: (resamples, songs) integer draw counts.
+        counts_t: (songs, resamples) integer draw counts.
+        total_w: (resamples,) total weight (clips drawn) of each resample.
 
     Returns:
         ``(roc_auc, pr_auc)``, each (resamples,) float64.
     """
-    n_resamples = len(counts)
-    nan = np.full(n_resamples, np.nan)
+    n_resamples = counts_t.shape[1]
     if truth.all() or not truth.any():
-        return nan, nan.copy()
+        return np.full(n_resamples, np.nan), np.full(n_resamples, np.nan)
     order = np.argsort(-score, kind="stable")  # best score first
     ranked = score[order]
     first = np.r_[True, ranked[1:] != ranked[:-1]]  # starts of groups of tied scores
     group = np.cumsum(first) - 1
     starts = np.flatnonzero(first)
     ends = np.r_[starts[1:], len(ranked)]  # one past each group's last position
-    pos = np.flatnonzero(truth[order])  # positions of the positive clips
-
-    # cum_w[:, k]: weight of the first k ranked clips; cum_p[:, m]: weight of the first m positives.
-    weights = counts[:, clip_song[order]]  # (resamples, clips)
-    cum_w = np.zeros((n_resamples, len(ranked) + 1), dtype=weights.dtype)
-    np.cumsum(weights, axis=1, out=cum_w[:, 1:])
-    w_pos = weights[:, pos]  # (resamples, positives)
-    cum_p = np.zeros((n_resamples, len(pos) + 1), dtype=weights.dtype)
-    np.cumsum(w_pos, axis=1, out=cum_p[:, 1:])
-    total_p = cum_p[:, -1].astype(np.float64)
-    total_n = cum_w[:, -1] - total_p
-
-    # For each positive, the weights scored at least as high (through its tie group's end) and strictly
-    # higher (before its group's start), split into positives (tp) and negatives (fp).
+    pos = np.flatnonzero(truth[order])  # ranks of the positive clips
+    # Each positive needs the weight ranked at least as high as it (through its tie group's end) and
+    # strictly higher (before its group's start): the weight of the first k ranked clips at these marks.
     end, start = ends[group[pos]], starts[group[pos]]
-    w_end, w_start = cum_w[:, end], cum_w[:, start]
-    tp_end = cum_p[:, np.searchsorted(pos, end)]
-    tp_start = cum_p[:, np.searchsorted(pos, start)]
+    marks = np.unique(np.r_[start, end])
+    marks = marks[marks > 0]
+    # Weight between consecutive marks, for every resample at once: a (marks, songs) matrix counting each
+    # song's clips between two marks, times the draw counts. Sparse: one entry per clip.
+    segment = np.searchsorted(marks, np.arange(marks[-1]), side="right")
+    songs_between = sparse.csr_matrix(
+        (np.ones(len(segment), dtype=counts_t.dtype), (segment, clip_song[order[: len(segment)]])),
+        shape=(len(marks), len(counts_t)),
+    )
+    cum_w = np.zeros((len(marks) + 1, n_resamples), dtype=counts_t.dtype)  # row i: weight above mark i
+    np.cumsum(songs_between @ counts_t, axis=0, out=cum_w[1:])
+    at = np.r_[0, marks]
+    w_end, w_start = cum_w[np.searchsorted(at, end)], cum_w[np.searchsorted(at, start)]
+    w_pos = counts_t[clip_song[order[pos]]]  # (positives, resamples)
+    cum_p = np.zeros((len(pos) + 1, n_resamples), dtype=counts_t.dtype)  # row m: first m positives
+    np.cumsum(w_pos, axis=0, out=cum_p[1:])
+    tp_end, tp_start = cum_p[np.searchsorted(pos, end)], cum_p[np.searchsorted(pos, start)]
     fp_end, fp_start = w_end - tp_end, w_start - tp_start
+    total_p = cum_p[-1].astype(np.float64)
+    total_n = total_w - total_p
 
     defined = (total_p > 0) & (total_n > 0)
     with np.errstate(invalid="ignore", divide="ignore"):
         # ROC-AUC: each positive beats the negatives below its group and half of those tied with it.
-        pairs = (w_pos * (2 * total_n[:, None] - fp_end - fp_start)).sum(axis=1)
+        pairs = (w_pos * (2 * total_n - fp_end - fp_start)).sum(axis=0)
         roc = pairs / (2 * total_p * total_n)
         # Average precision: each positive adds its recall step at its group's precision.
         precision = np.divide(tp_end, w_end, out=np.zeros(w_end.shape), where=w_end > 0)
-        ap = (w_pos * precision).sum(axis=1) / total_p
+        ap = (w_pos * precision).sum(axis=0) / total_p
     return np.where(defined, roc, np.nan), np.where(defined, ap, np.nan)
 
 
@@ -146,12 +153,16 @@ def resampled_macro(
     y_score = np.asarray(y_score, dtype=np.float64)
     clip_song = np.asarray(clip_song)
     n_songs = draws.shape[1]
-    counts = _song_counts(draws, n_songs)
-    # int32 halves the memory traffic; a resample's total weight never exceeds songs x largest song.
-    largest = np.bincount(clip_song, minlength=n_songs).max(initial=0)
-    counts = counts.astype(np.int32 if n_songs * largest < 2**31 else np.int64)
+    sizes = np.bincount(clip_song, minlength=n_songs)
+    # int32 halves the memory traffic; no weight sum exceeds songs x the largest song.
+    dtype = np.int32 if n_songs * sizes.max(initial=0) < 2**31 else np.int64
+    counts_t = np.ascontiguousarray(_song_counts(draws, n_songs).T, dtype=dtype)  # (songs, resamples)
+    total_w = (sizes @ counts_t).astype(np.float64)
     rocs, aps = zip(
-        *(_tag_scores(y_true[:, j], y_score[:, j], clip_song, counts) for j in range(y_true.shape[1])),
+        *(
+            _tag_scores(y_true[:, j], y_score[:, j], clip_song, counts_t, total_w)
+            for j in range(y_true.shape[1])
+        ),
         strict=True,
     )
     return _nanmean_rows(np.stack(rocs, axis=1)), _nanmean_rows(np.stack(aps, axis=1))
