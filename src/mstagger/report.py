@@ -202,13 +202,8 @@ def read_exp_show(source: str | Path | None) -> list[dict[str, Any]]:
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="mstagger report",
-        description=(
-            "Mean, standard deviation, min and max of every metric across DVC experiments (e.g. the "
-            "same configuration run with several seeds), and the params that differ between them."
-        ),
-    )
+    what = "Every metric's mean, std, min and max across DVC experiments, and the params that differ."
+    p = argparse.ArgumentParser(prog="mstagger report", description=what)
     p.add_argument(
         "experiments",
         nargs="*",
