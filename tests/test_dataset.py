@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from helpers import SHARED_MTAT, write_annotations, write_mtat_table
-from mstagger.dataset import clip_path, read_annotations, slugify, song_key
+from mstagger.dataset import CLIP_INFO_COLUMNS, clip_path, read_annotations, slugify, song_key
 from mstagger.util import UserError
 
 # ------------------------------------------------------------------------------------ annotations
@@ -61,7 +61,9 @@ def test_clip_path_reproduces_real_mtat_paths() -> None:
     path = SHARED_MTAT / "clip_info_final.csv"
     if not path.is_file():
         pytest.skip(f"real MTAT metadata not found at {path}")
-    info = pd.read_csv(path, sep="\t", dtype=str).dropna(subset=["mp3_path"]).head(2000)
+    info = pd.read_csv(path, sep="\t", dtype=str)
+    assert tuple(info.columns) == CLIP_INFO_COLUMNS  # the columns the demo and tests/helpers.py write
+    info = info.dropna(subset=["mp3_path"]).head(2000)
     for row in info.itertuples():
         folder = row.mp3_path.split("/", 1)[0]
         made = clip_path(

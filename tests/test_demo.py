@@ -62,14 +62,18 @@ def _files(root: Path) -> dict[str, bytes]:
 # --- the plan (no audio): folders, labels, names ------------------------------------------------------
 
 
-def test_default_plan_puts_two_albums_in_each_of_the_16_folders() -> None:
+def test_default_plan_uses_every_folder_and_gives_validation_24_clips() -> None:
     catalogue = plan_catalogue(DemoParams(), SEED)
     folder_of_album: dict[tuple[str, str], set[str]] = {}
     for song in catalogue.songs:
         folder_of_album.setdefault((song.artist, song.album), set()).add(song.folder)
     assert len(folder_of_album) == 32
     assert all(len(folders) == 1 for folders in folder_of_album.values())
-    assert sorted(f for (f,) in folder_of_album.values()) == sorted(2 * AUDIO_FOLDERS)
+    albums = [f for (f,) in folder_of_album.values()]
+    assert set(albums) == set(AUDIO_FOLDERS)
+    # Six albums (24 clips) in the validation folder, taken from training; the test folders keep two each.
+    assert albums.count("c") == 6 and [albums.count(f) for f in "def"] == [2, 2, 2]
+    assert sum(clip.mp3_path.startswith("c/") for clip in catalogue.clips) == 24
     for clip in catalogue.clips:  # every clip sits in its song's (album's) folder
         assert clip.mp3_path.split("/")[0] == catalogue.songs[clip.song].folder
 

@@ -38,12 +38,14 @@ class StageInputs:
         labels: (clips, tags) 0/1.
         split: (clips,) ``train``, ``valid`` or ``test``.
         tags: tag names in label column order.
+        mp3_path: (clips,) each clip's MTAT path (it names the clip's song).
     """
 
     mel: np.ndarray
     labels: np.ndarray
     split: np.ndarray
     tags: list[str]
+    mp3_path: np.ndarray
 
 
 def _need(path: Path, stage: str) -> Path:
@@ -74,7 +76,7 @@ def load_inputs(features_dir: str | Path, prepared_dir: str | Path) -> StageInpu
     try:
         mel = np.load(mel_path, mmap_mode="r")
         labels = np.load(labels_path)
-        index = pd.read_csv(index_path, usecols=["clip_id"])
+        index = pd.read_csv(index_path, usecols=["clip_id", "mp3_path"], dtype={"mp3_path": str})
         split_table = pd.read_csv(split_path, usecols=["clip_id", "split"], dtype={"split": str})
         tag_doc = json.loads(tags_path.read_text(encoding="utf-8"))
         tags = [str(t["name"]) for t in tag_doc["tags"]]
@@ -98,7 +100,8 @@ def load_inputs(features_dir: str | Path, prepared_dir: str | Path) -> StageInpu
     unknown = sorted(set(split) - set(SPLITS))
     if unknown:
         raise UserError(f"{split_path} has unknown split names {unknown}; expected {SPLITS}")
-    return StageInputs(mel=mel, labels=labels, split=split, tags=tags)
+    mp3_path = index["mp3_path"].to_numpy(dtype=str)
+    return StageInputs(mel=mel, labels=labels, split=split, tags=tags, mp3_path=mp3_path)
 
 
 def load_stats(prepared_dir: str | Path) -> tuple[np.ndarray, np.ndarray]:

@@ -1,4 +1,5 @@
-"""The ``mstagger`` command: ``predict``, ``info`` and ``tags`` for users, and each pipeline stage by name."""
+"""The ``mstagger`` command: ``predict``, ``info``, ``tags`` and ``report`` for users, and each pipeline stage
+by name."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ commands:
   predict PATH...   tag your own audio, files or folders, with a trained model (`mstagger predict -h`)
   info [MODEL]      what a model bundle knows: data, split, scores, tags and thresholds (`mstagger info -h`)
   tags              merged tag table, split sizes and leakage from MTAT metadata alone (`mstagger tags -h`)
+  report [EXP...]   each metric's mean, std, min and max across experiments (`mstagger report -h`)
   download | extract | prepare | train | evaluate
                     run one pipeline stage with ./params.yaml (what `dvc repro` runs)
 """
@@ -54,6 +56,10 @@ def _dispatch(command: str, rest: list[str]) -> int:
         from mstagger.tags_cli import main as tags_main
 
         return tags_main(rest)
+    if command == "report":
+        from mstagger.report import main as report_main
+
+        return report_main(rest)
     if command in STAGES:
         importlib.import_module(f"mstagger.{command}").main()
         return 0

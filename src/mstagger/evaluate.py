@@ -13,6 +13,10 @@ Reads the log-mel spectrograms (``<features>/mel.npy``, memory-mapped), the labe
 A tag without a positive or without a negative test clip has no ROC-AUC: it is left out of the macro
 averages and counted in ``n_tags_excluded``.
 
+With ``bootstrap_resamples``, ``test.json`` also gets 95% intervals (``roc_auc_ci``, ``pr_auc_ci``, and the
+baseline's), from resampling whole test songs (:mod:`mstagger.bootstrap`), and
+``network_beats_baseline``: the share of those resamples in which the network's macro score is higher.
+
 The baseline (:mod:`mstagger.baseline`), a logistic regression per tag on each mel band's mean and
 standard deviation, tells how much the network adds over the clip's average spectrum.
 """
@@ -30,6 +34,8 @@ from tqdm import tqdm
 
 from mstagger.artifacts import load_inputs
 from mstagger.baseline import CHUNK_CLIPS, fit_baseline
+from mstagger.bootstrap import paired_bootstrap
+from mstagger.dataset import song_key
 from mstagger.metrics import macro_from_table, per_tag_scores, scores_at_thresholds
 from mstagger.outputs import check_replaceable, check_writable, stage_metrics, staged_dir, write_json
 from mstagger.params import load_params
@@ -37,6 +43,9 @@ from mstagger.plots import write_csv, write_evaluation_plots
 from mstagger.util import UserError, log, stage_main, timed
 
 Predict = Callable[[np.ndarray], np.ndarray]
+# Fixed, not params.seed: the resamples then depend on the test songs alone, so every experiment (any
+# seed) on the same test split is scored on the same resamples and its intervals compare like for like.
+BOOTSTRAP_SEED = 0
 
 
 def align_predict(
@@ -128,6 +137,11 @@ def _number(x: float) -> float | None:
     return None if x is None or math.isnan(x) else round(float(x), 6)
 
 
+def _numbers(scores: dict[str, Any]) -> dict[str, Any]:
+    """:func:`_number` applied to each value of a mapping, and to each item of a list value."""
+    return {k: [_number(x) for x in v] if isinstance(v, list) else _number(v) for k, v in scores.items()}
+
+
 def evaluate(
     mel: np.ndarray,
     labels: np.ndarray,
@@ -142,6 +156,8 @@ def evaluate(
     train_log_dir: str | Path | None = None,
     chunk: int = CHUNK_CLIPS,
     thresholds: np.ndarray | None = None,
+    songs: Sequence[str] | None = None,
+    bootstrap_resamples: int = 0,
 ) -> dict[str, Any]:
     """Score the network and the baseline on the test split and write metrics and plots.
 
@@ -159,11 +175,15 @@ def evaluate(
         train_log_dir: the dvclive folder drawn into ``training.png`` (None: no training curves).
         chunk: clips read from ``mel`` at a time.
         thresholds: (tags,) the model's decision thresholds in ``tags`` order (None: not scored).
+        songs: (clips,) each clip's song key, for the bootstrap (None: every clip its own song).
+        bootstrap_resamples: song resamples for the intervals (0: no intervals).
 
     Returns:
         The content of ``test.json``: ``roc_auc``, ``pr_auc`` (None if no tag is scorable), ``n_clips``,
-        ``n_tags_scored``, ``n_tags_excluded``, ``baseline`` {``roc_auc``, ``pr_auc``} and, with
-        ``thresholds``, ``at_thresholds`` (see :func:`mstagger.metrics.scores_at_thresholds`).
+        ``n_tags_scored``, ``n_tags_excluded`` and ``baseline`` {``roc_auc``, ``pr_auc``}; with
+        ``bootstrap_resamples`` also ``roc_auc_ci``, ``pr_auc_ci`` ([low, high], None if undefined, and
+        the same in ``baseline``), ``n_songs`` and ``network_beats_baseline`` {``roc_auc``, ``pr_auc``};
+        with ``thresholds``, ``at_thresholds`` (see :func:`mstagger.metrics.scores_at_thresholds`).
 
     Raises:
         UserError: the inputs do not line up, the test or training split is empty, or the network's
@@ -211,6 +231,16 @@ def evaluate(
         "n_tags_excluded": int(net_macro["n_tags_excluded"]),
         "baseline": {"roc_auc": _number(base_macro["roc_auc"]), "pr_auc": _number(base_macro["pr_auc"])},
     }
+    if bootstrap_resamples:
+        test_songs = [str(r) for r in test_rows] if songs is None else np.asarray(songs)[test_rows]
+        with timed() as elapsed:
+            boot = paired_bootstrap(
+                y_test, {"network": net, "baseline": base}, test_songs, bootstrap_resamples, BOOTSTRAP_SEED
+            )
+        log.info("%s (%.1f s)", boot.describe("network", "baseline"), elapsed())
+        result["baseline"].update(_numbers(boot.intervals("baseline")))
+        result.update(_numbers(boot.intervals("network")), n_songs=boot.n_songs)
+        result["network_beats_baseline"] = _numbers(boot.beats("network", "baseline"))
     if thresholds is not None:  # the tags the model asserts, scored: F1, precision, recall
         decided = scores_at_thresholds(y_test, net, thresholds)
         result["at_thresholds"] = {k: v if k == "n_tags_scored" else _number(v) for k, v in decided.items()}
@@ -300,6 +330,8 @@ def main() -> None:
             baseline_c=params.evaluate.baseline_c,
             train_log_dir=paths.train_log,
             thresholds=thresholds,
+            songs=[song_key(p) for p in inputs.mp3_path],
+            bootstrap_resamples=params.evaluate.bootstrap_resamples,
         )
         seconds = elapsed()
     summary = {"test_clips": result["n_clips"], "tags_scored": result["n_tags_scored"], "device": device}

@@ -199,12 +199,19 @@ class SplitParams:
 class EvaluateParams:
     curve_tags: int = 10
     baseline_c: float = 1.0
+    bootstrap_resamples: int = 1000
 
     def _check(self, key: str) -> None:
         if self.curve_tags < 1:
             _fail(f"{key}.curve_tags", f"must be at least 1, got {self.curve_tags}")
         if self.baseline_c <= 0:
             _fail(f"{key}.baseline_c", f"must be positive, got {self.baseline_c}")
+        # A 95% interval reads the 2.5% tails: with fewer than 100 resamples they hold 2 or fewer.
+        if self.bootstrap_resamples != 0 and self.bootstrap_resamples < 100:
+            _fail(
+                f"{key}.bootstrap_resamples",
+                f"must be 0 (no intervals) or at least 100, got {self.bootstrap_resamples}",
+            )
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,5 @@
-"""Small shared helpers: atomic writes, stage summaries, logging and the stage entry point."""
+"""Small shared helpers: logging, the stage entry point and its one-line errors, disk-space checks and
+process settings (malloc, dying with the parent)."""
 
 from __future__ import annotations
 

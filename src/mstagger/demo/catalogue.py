@@ -16,6 +16,12 @@ from mstagger.params import DemoParams
 SEGMENT_SECONDS = 29  # MTAT's nominal segment length (segmentEnd - segmentStart)
 CLIP_SECONDS = 29.3  # audio written per clip; decodes to >= 29.2 s, above the extractor's 29.1 s
 UNTAGGED_FRACTION = 0.04  # clips whose annotators gave no tag at all (MTAT: 16%)
+# The validation folder gets albums enough for this many clips: with one album in sixteen (8 clips by
+# default) the validation score moves in steps so coarse that a rounding difference between two CPUs
+# flips the epoch selected (best epoch 17 or 30). It takes them from training, never more than a quarter
+# of all albums.
+VALID_MIN_CLIPS = 24
+VALID_MAX_SHARE = 0.25
 
 # Concept -> (MTAT tag name, weight). Weights follow MTAT's relative frequencies; a concept not listed
 # here is annotated with its own name. "female vocal" and "fiddle" are real MTAT tags outside the
@@ -245,19 +251,28 @@ def _annotate(recipe: Recipe, prefs: dict[str, str], rng: np.random.Generator) -
     return tuple(sorted(tags))
 
 
-def _album_folders(n_artists: int, albums_per_artist: int, rng: np.random.Generator) -> list[str]:
+def _album_folders(
+    n_artists: int, albums_per_artist: int, clips_per_album: int, rng: np.random.Generator
+) -> list[str]:
     """Folder of each album, in (artist, album) order: all 16 folders used, each about equally.
 
-    Folders are dealt by a seeded shuffle, then repaired so that, where the numbers allow, every artist
-    keeps an album in the training folders 0-b of the folder split, and so does each of an artist's
-    two variants (albums alternate between them) when it has at least two albums: a style or variant
-    that appears only in valid or test could not be learnt from the demo's few songs.
+    Folders are dealt by a seeded shuffle. The validation folder of the folder split then takes albums
+    from the training folders, the last dealt first, until it holds :data:`VALID_MIN_CLIPS` clips (at
+    most :data:`VALID_MAX_SHARE` of the albums). Last, the folders are repaired so that, where the
+    numbers allow, every artist keeps an album in the training folders 0-b, and so does each of an
+    artist's two variants (albums alternate between them) when it has at least two albums: a style or
+    variant that appears only in valid or test could not be learnt from the demo's few songs.
     """
     n_albums = n_artists * albums_per_artist
     n_folders = len(AUDIO_FOLDERS)
     order = np.concatenate([rng.permutation(n_folders) for _ in range(-(-n_albums // n_folders))])[:n_albums]
     folders = [AUDIO_FOLDERS[int(i)] for i in order]
     held_out = {folder for folder, part in FOLDER_SPLIT.items() if part != "train"}
+    valid = next(folder for folder, part in FOLDER_SPLIT.items() if part == "valid")
+    n_valid = min(-(-VALID_MIN_CLIPS // clips_per_album), int(n_albums * VALID_MAX_SHARE))
+    training = [i for i in reversed(range(n_albums)) if folders[i] not in held_out]
+    for i in training[: max(0, n_valid - folders.count(valid))]:
+        folders[i] = valid
     artist = [i // albums_per_artist for i in range(n_albums)]
     variant = [(i // albums_per_artist, i % albums_per_artist % 2) for i in range(n_albums)]
 
@@ -269,14 +284,16 @@ def _album_folders(n_artists: int, albums_per_artist: int, rng: np.random.Genera
             mine = [i for i in range(n_albums) if group[i] == key]
             if trained(group, key) or (group is variant and len(mine) < 2):
                 continue
-            # Swap with a training album whose artist and variant both keep another training album.
+            # Swap with a training album whose artist and variant both keep another training album;
+            # a validation album first, so that the test folders keep the albums they were dealt.
+            back = min(mine, key=lambda i: folders[i] != valid)
             for other in range(n_albums):
                 if (
                     folders[other] not in held_out
                     and trained(artist, artist[other]) > 1
                     and (trained(variant, variant[other]) > 1 or group is artist)
                 ):
-                    folders[mine[0]], folders[other] = folders[other], folders[mine[0]]
+                    folders[back], folders[other] = folders[other], folders[back]
                     break
     return folders
 
@@ -286,8 +303,9 @@ def plan_catalogue(params: DemoParams, seed: int) -> Catalogue:
 
     Artists get styles from a seeded shuffle of :data:`STYLES` (cycled when there are more artists
     than styles), their albums alternate between the style's two variants (the songs of one artist's
-    variant share a line-up), albums are spread evenly over the 16 folders (the defaults: 32 albums,
-    two per folder, so valid holds two albums and test six), and every clip is labelled.
+    variant share a line-up), albums are spread over the 16 folders, the validation folder holding
+    enough for a stable choice of epoch (the defaults: 32 albums of 4 clips, six in the validation
+    folder c, six in the test folders d-f, twenty in training), and every clip is labelled.
 
     Args:
         params: the ``demo`` section of params.yaml.
@@ -299,7 +317,8 @@ def plan_catalogue(params: DemoParams, seed: int) -> Catalogue:
     rng = np.random.default_rng([seed, 0])
     style_order = rng.permutation(len(STYLES))
     n_albums = params.n_artists * params.albums_per_artist
-    folder_order = _album_folders(params.n_artists, params.albums_per_artist, rng)
+    clips_per_album = params.songs_per_album * params.clips_per_song
+    folder_order = _album_folders(params.n_artists, params.albums_per_artist, clips_per_album, rng)
     clip_id = int(rng.integers(2, 10))
     n_songs = n_albums * params.songs_per_album
     # Songs with one listed segment that has no audio, as in MTAT (a couple per 32 songs).
