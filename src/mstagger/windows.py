@@ -197,7 +197,10 @@ def decode_in_workers(
         workers: decoding processes.
         queued: at most this many windows wait in the queue; workers pause while it is full.
     """
-    context = mp.get_context("forkserver")  # see extract: safe beside torch, and workers start warm
+    # forkserver: safe beside torch's threads, and each new pool's workers start warm (the audio stack
+    # preloaded once); they are the forkserver's children, not ours, hence the lifeline in _init_worker
+    # (extract's spawn workers use die_with_parent instead: one pool per run, the import paid once).
+    context = mp.get_context("forkserver")
     context.set_forkserver_preload(list(_PRELOAD))
     todo = deque(enumerate(str(p) for p in paths))
     while todo:  # one pool; a fresh one if a worker died
