@@ -115,10 +115,15 @@ def make_model(path: Path) -> None:
 
 
 def run_sequential(folder: Path, model: Path, device: str, out: Path, threads: int | None) -> None:
-    """One file after the other: decode whole, every window's log-mel, forward, mean (the old predict)."""
+    """One file after the other: decode whole, every window's log-mel, forward, mean (the old predict).
+
+    Decoding is ``librosa.load``, as in peers' scripts and the old predict: the whole file at its own
+    rate, then resampled (mstagger's decoder streams, which would flatter this way's memory).
+    """
+    import librosa
     import torch
 
-    from mstagger.audio import AudioError, load_clip, log_mel
+    from mstagger.audio import checked, log_mel
     from mstagger.bundle import load_bundle
 
     if threads:
@@ -131,8 +136,9 @@ def run_sequential(folder: Path, model: Path, device: str, out: Path, threads: i
         writer = csv.writer(f)
         for path in paths:
             try:
-                y = load_clip(path, spec.sample_rate, min_seconds=1.0)
-            except AudioError:
+                y, _ = librosa.load(path, sr=spec.sample_rate)
+                y = np.concatenate(list(checked([y], spec.sample_rate, min_seconds=1.0)))
+            except Exception:  # undecodable, too short or silent: skipped, as predict skips it
                 continue
             starts = list(range(0, max(len(y) - window, 0) + 1, window))
             if len(y) - (starts[-1] + window) >= window // 2:

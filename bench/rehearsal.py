@@ -147,7 +147,8 @@ def main() -> None:
             result = run_stage(stage, project, work / f"{stage}.log")
             report["stages"][stage] = result
             print(
-                f"{stage:9s} {result['seconds']:8.1f} s  peak {result['peak_tree_rss_gib']:6.2f} GiB",
+                f"{stage:9s} {result['seconds']:8.1f} s  peak resident {result['peak_rss_gib']:6.2f} GiB,"
+                f" anonymous {result['peak_anonymous_gib']:6.2f} GiB",
                 flush=True,
             )
         summaries = {
