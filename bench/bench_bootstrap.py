@@ -23,14 +23,13 @@ Usage: ``PYTHONPATH=src python bench/bench_bootstrap.py [--resamples 1000] [--re
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import time
 from pathlib import Path
 
 import numpy as np
 
+from common import machine, write_results  # bench/ is on sys.path when this file runs
 from mstagger.bootstrap import draw_songs, paired_bootstrap, resampled_macro, resampled_macro_slow, song_index
 from mstagger.dataset import FOLDER_SPLIT, folder_of, read_annotations, song_key
 from mstagger.labels import merge_synonyms, top_n_tags
@@ -46,26 +45,17 @@ def mtat_test_table(n_tags: int = 50) -> tuple[np.ndarray, np.ndarray, str]:
     """(labels, song keys, source) of MTAT's folder-split test clips, or a synthetic stand-in."""
     if ANNOTATIONS.is_file():
         table = read_annotations(ANNOTATIONS)
-        test = table[table["mp3_path"].map(lambda p: FOLDER_SPLIT.get(folder_of(p)) == "test")]
-        tags = test.drop(columns=["clip_id", "mp3_path"])
+        tags = table.drop(columns=["clip_id", "mp3_path"])
         merged = merge_synonyms(tags, load_params(REPO / "params.yaml").tags.synonyms)
-        top = [name for name, _ in top_n_tags(merged, n_tags)]
-        songs = test["mp3_path"].map(song_key).to_numpy()
-        return merged[top].to_numpy(dtype=np.uint8), songs, str(ANNOTATIONS)
+        top = [name for name, _ in top_n_tags(merged, n_tags)]  # ranked on every clip, as prepare ranks
+        test = table["mp3_path"].map(lambda p: FOLDER_SPLIT.get(folder_of(p)) == "test").to_numpy()
+        songs = table.loc[test, "mp3_path"].map(song_key).to_numpy()
+        return merged.loc[test, top].to_numpy(dtype=np.uint8), songs, str(ANNOTATIONS)
     rng = np.random.default_rng(0)
     sizes = rng.integers(1, 11, size=1129)
     songs = np.repeat(np.arange(len(sizes)), sizes)[:5329].astype(str)
     prevalence = np.geomspace(0.16, 0.01, n_tags)
     return (rng.random((len(songs), n_tags)) < prevalence).astype(np.uint8), songs, "synthetic"
-
-
-def cpu_model() -> str:
-    """The CPU's model name from /proc/cpuinfo (Linux), else what platform reports."""
-    try:
-        lines = Path("/proc/cpuinfo").read_text().splitlines()
-    except OSError:
-        return platform.processor()
-    return next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), "")
 
 
 def timed(fn, repeat: int) -> tuple[float, float, object]:
@@ -128,12 +118,7 @@ def main() -> None:
         "resamples": args.resamples,
         "reference_resamples": args.reference,
         "repeat": args.repeat,
-        "machine": {
-            "cpus": os.cpu_count(),
-            "cpu": cpu_model(),
-            "python": platform.python_version(),
-            "platform": platform.platform(),
-        },
+        "machine": machine(),
         "load_average": load,
         "max_abs_difference_from_reference": agree,
         "results": [
@@ -143,10 +128,7 @@ def main() -> None:
         "goal_seconds": GOAL_SECONDS,
         "goal_met": ok,
     }
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    tmp = RESULTS.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(doc, indent=2) + "\n")
-    tmp.replace(RESULTS)
+    write_results(RESULTS, doc)
     print(f"wrote {RESULTS.relative_to(REPO)}")
 
 

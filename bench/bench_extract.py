@@ -21,8 +21,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import os
-import platform
 import resource
 import subprocess
 import sys
@@ -34,6 +32,8 @@ from pathlib import Path
 import numpy as np
 import psutil
 import soundfile as sf
+
+from common import machine, write_results  # bench/ is on sys.path when this file runs
 
 FILE_RATE = 16000
 CLIP_SECONDS = 29.0
@@ -261,11 +261,7 @@ def main() -> None:
         "workers": args.workers,
         "repeat": args.repeat,
         "startup_clips": n_few,
-        "machine": {
-            "cpus": os.cpu_count(),
-            "python": platform.python_version(),
-            "platform": platform.platform(),
-        },
+        "machine": machine(),
         "results": results,
         "agreement": agreement,
         "mtat_memory": {
@@ -274,10 +270,7 @@ def main() -> None:
             "extract_disk_gib": round(MTAT_CLIPS * 128 * 628 * 2 / 2**30, 1),  # float16, never in RAM
         },
     }
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    tmp_out = args.output.with_name(args.output.name + ".tmp")
-    tmp_out.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp_out, args.output)
+    write_results(args.output, report)
     print(f"figures written to {args.output}", file=sys.stderr)
 
 

@@ -31,9 +31,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import csv
-import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -45,6 +43,7 @@ import psutil
 import soundfile as sf
 
 from bench_extract import _tree_pss_mib  # the same memory figure as the extract benchmark
+from common import machine, write_results  # bench/ is on sys.path when this file runs
 
 ROOT = Path(__file__).resolve().parents[1]
 CACHE = ROOT / ".cache" / "bench_predict"
@@ -328,20 +327,13 @@ def main() -> None:
         "batch_size": args.batch_size,
         "repeat": args.repeat,
         "model": "untrained, MTAT shape, bf16" if args.model is None else str(args.model),
-        "machine": {
-            "cpus": os.cpu_count(),
-            "python": platform.python_version(),
-            "platform": platform.platform(),
-        },
+        "machine": machine(),
         "load_average_after": os.getloadavg(),
         "results": best,
         "max_probability_difference": float(diff),
         "hour_file_memory": memory,
     }
-    output.parent.mkdir(parents=True, exist_ok=True)
-    tmp_out = output.with_name(output.name + ".tmp")
-    tmp_out.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp_out, output)
+    write_results(output, report)
     print(f"figures written to {output}", file=sys.stderr)
 
 

@@ -26,9 +26,7 @@ from __future__ import annotations
 
 import argparse
 import gc
-import json
 import os
-import platform
 import tempfile
 import threading
 import time
@@ -39,6 +37,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from common import cpu_model, machine, write_results  # bench/ is on sys.path when this file runs
 from mstagger.batches import DeviceSource, StreamSource, epoch_batches
 from mstagger.bundle import resolve_device
 from mstagger.distributed import World
@@ -302,7 +301,7 @@ def main() -> None:
         row["speedup_vs_seed_loop"] = seed["s_per_epoch"] / row["s_per_epoch"] if seed else None
         if seed and row["s_per_step"]:
             row["step_speedup_vs_seed_loop"] = seed["s_per_step"] / row["s_per_step"]
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_model() or "cpu"
     print(f"\ndevice: {device} ({name}), torch {torch.__version__}, {os.cpu_count()} CPUs, batch {BATCH}")
     print(f"{'variant':55s} {'s/epoch':>8s} {'clips/s':>8s} {'40 ep. s':>9s} {'host GiB':>8s} {'x seed':>7s}")
     for r in rows:
@@ -311,12 +310,11 @@ def main() -> None:
             f"{r['recipe_40_epochs_s']:9.0f} {r['peak_host_gib']:8.2f} {r['speedup_vs_seed_loop'] or 0:6.2f}x"
         )
     out = RESULTS / f"train-{device.type}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
     report = {
         "benchmark": "train",
         "device": str(device),
         "device_name": name,
-        "cpus": os.cpu_count(),
+        "machine": machine(),
         "torch": torch.__version__,
         "geometry": {
             "train": args.train_clips,
@@ -327,7 +325,7 @@ def main() -> None:
         "batch": BATCH,
         "rows": rows,
     }
-    out.write_text(json.dumps(report, indent=2) + "\n")
+    write_results(out, report)
     print(f"wrote {out}")
 
 

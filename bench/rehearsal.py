@@ -31,6 +31,8 @@ from pathlib import Path
 
 import yaml
 
+from common import machine, write_results  # bench/ is on sys.path when this file runs
+
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench" / "results"
 STAGES = ("download", "extract", "prepare", "train", "evaluate")
@@ -161,8 +163,8 @@ def main() -> None:
             shutil.rmtree(work, ignore_errors=True)
     kind = "cuda" if str(report.get("device", "")).startswith("cuda") else "cpu"
     out = RESULTS / f"rehearsal-{kind}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2) + "\n")
+    report["machine"] = machine()
+    write_results(out, report)
     print(f"wrote {out}")
 
 

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import yaml
 
-from bench_bootstrap import cpu_model  # bench/ is on sys.path when this file runs
+from common import machine, write_results  # bench/ is on sys.path when this file runs
 
 ROOT = Path(__file__).resolve().parents[1]
 SETTINGS: dict[str, tuple[dict[str, str], dict[str, object]]] = {
@@ -113,19 +113,14 @@ def main() -> None:
     if same:
         print(f"bf16 again == committed metrics/test.json: {same[0]['roc_auc'] == committed['roc_auc']}")
     out = ROOT / "bench" / "results" / "spread-cpu.json"
-    out.write_text(
-        json.dumps(
-            {
-                "benchmark": "spread",
-                "machine": {"cpus": os.cpu_count(), "cpu": cpu_model()},
-                "committed_roc_auc": committed["roc_auc"],
-                "results": results,
-                "seeds": spread,
-            },
-            indent=2,
-        )
-        + "\n"
-    )
+    doc = {
+        "benchmark": "spread",
+        "machine": machine(),
+        "committed_roc_auc": committed["roc_auc"],
+        "results": results,
+        "seeds": spread,
+    }
+    write_results(out, doc)
     print(f"wrote {out}")
 
 

@@ -79,8 +79,12 @@ class DecoderNotes:
         self.parts = []
 
 
+def _one_line(err: Exception) -> str:
+    return " ".join(str(err).split())
+
+
 def _open_error(err: Exception) -> AudioError:
-    message = " ".join(str(err).split())
+    message = _one_line(err)
     if "not a regular file" in message or "Format not recognised" in message:
         # libsndfile says "File does not exist or is not a regular file" for bytes it cannot parse
         return AudioError("not an audio file that can be decoded")
@@ -143,7 +147,7 @@ def _resampled_blocks(
             with notes.capture():
                 data = handle.read(block_frames, dtype="float32", always_2d=True)  # (n, channels)
         except (sf.LibsndfileError, RuntimeError, ValueError, OSError) as err:
-            raise AudioError(f"decode failed: {' '.join(str(err).split())}") from None
+            raise AudioError(f"decode failed: {_one_line(err)}") from None
         last = len(data) == 0
         y = data.mean(axis=1) if data.shape[1] > 1 else data[:, 0]  # (n,)
         frames_in += len(y)
@@ -246,8 +250,8 @@ def load_clip(path: str | Path, sample_rate: int, min_seconds: float) -> np.ndar
         AudioError: as :func:`decode_blocks`, or "non-finite samples", "too short: 1.3 s < 20.0 s",
             "silent".
     """
-    blocks = list(checked(decode_blocks(path, sample_rate), sample_rate, min_seconds))
-    return np.concatenate(blocks) if blocks else np.zeros(0, np.float32)
+    # checked() raises on an empty stream ("too short"), so there is at least one block
+    return np.concatenate(list(checked(decode_blocks(path, sample_rate), sample_rate, min_seconds)))
 
 
 def clip_log_mel(path: str | Path, spec: SpectrogramParams, min_seconds: float) -> np.ndarray:

@@ -241,14 +241,14 @@ class PairedBootstrap:
     def describe(self, model: str, other: str) -> str:
         """A few lines for the log: both models' intervals and how often ``model`` beats ``other``."""
 
-        def ci(values: np.ndarray) -> str:
-            interval = percentile_interval(values)
+        def ci(interval: list[float] | None) -> str:
             return "undefined" if interval is None else f"[{interval[0]:.4f}, {interval[1]:.4f}]"
 
         n_resamples = len(self.roc_auc[model])
         lines = [f"95% intervals over {n_resamples} resamples of {self.n_songs} songs:"]
         for name in (model, other):
-            lines.append(f"  {name:<9} ROC-AUC {ci(self.roc_auc[name])}  PR-AUC {ci(self.pr_auc[name])}")
+            iv = self.intervals(name)
+            lines.append(f"  {name:<9} ROC-AUC {ci(iv['roc_auc_ci'])}  PR-AUC {ci(iv['pr_auc_ci'])}")
         shares = [
             "undefined" if share is None else f"{share:.1%}" for share in self.beats(model, other).values()
         ]

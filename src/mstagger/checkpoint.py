@@ -19,11 +19,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from mstagger.outputs import atomic_path
+from mstagger.outputs import atomic_path, remove_leftovers
 from mstagger.params import Params
 from mstagger.util import log
 
-FORMAT = "mstagger-checkpoint/1"
+FORMAT = "mstagger-checkpoint/2"  # 2: the best epoch's validation probabilities (best_probs)
 # Params that never change the numbers: a checkpoint stays valid when only these differ.
 _NEUTRAL = {"num_workers", "data_on_device", "paths"}
 # Inputs up to 64 MB are hashed whole; mel.npy (4.2 GB on MTAT) by 64 evenly spread clips.
@@ -90,13 +90,6 @@ def load(path: str | Path, expected: str) -> dict[str, Any] | None:
         set_aside(path, "was written with other params or other inputs")
         return None
     return state
-
-
-def remove_leftovers(path: str | Path) -> None:
-    """Delete the temporary files of checkpoint writes that a kill interrupted."""
-    path = Path(path)
-    for tmp in path.parent.glob(f".{path.name}.*.tmp"):
-        tmp.unlink(missing_ok=True)
 
 
 def remove(path: str | Path) -> None:

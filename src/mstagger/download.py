@@ -27,10 +27,10 @@ from tqdm import tqdm
 
 from mstagger.archive import ArchiveError, extract_zip, open_parts
 from mstagger.dataset import ARCHIVE_PARTS, AUDIO_FOLDERS, CSV_FILES
-from mstagger.fetch import fetch, sha256_file
+from mstagger.fetch import fetch
 from mstagger.outputs import check_writable, stage_metrics, staged_dir, write_json
 from mstagger.params import DemoParams, DownloadParams, Params, load_params
-from mstagger.util import UserError, disk_guard, log, stage_main, timed
+from mstagger.util import UserError, disk_guard, file_digest, log, stage_main, timed
 
 # The small CSVs first: a wrong base_url fails in seconds, not after a gigabyte.
 MTAT_FILES = CSV_FILES + ARCHIVE_PARTS
@@ -111,7 +111,7 @@ def link_local(
         )
     for name in CSV_FILES:
         expected = _pinned(sha256, name)
-        got = sha256_file(local_dir / name)
+        got = file_digest(local_dir / name)
         if got != expected:
             raise UserError(
                 f"{local_dir / name}: SHA-256 {got} does not match the pinned {expected} "

@@ -48,6 +48,25 @@ Predict = Callable[[np.ndarray], np.ndarray]
 BOOTSTRAP_SEED = 0
 
 
+def tag_order(model_tags: Sequence[str], tags: Sequence[str], source: str = "the model") -> np.ndarray | None:
+    """The model's columns that give ``tags`` (the label order); None when the orders agree.
+
+    Raises:
+        UserError: the two tag sets differ (the model was trained on other labels).
+    """
+    model_tags, tags = [str(t) for t in model_tags], [str(t) for t in tags]
+    if model_tags == tags:
+        return None
+    if sorted(model_tags) != sorted(tags):
+        missing = sorted(set(tags) - set(model_tags))[:5]
+        extra = sorted(set(model_tags) - set(tags))[:5]
+        raise UserError(
+            f"{source} predicts other tags than the prepared labels "
+            f"(missing {missing}, extra {extra}); run `dvc repro train`"
+        )
+    return np.array([model_tags.index(t) for t in tags])
+
+
 def align_predict(
     predict: Predict, model_tags: Sequence[str], tags: Sequence[str], source: str = "the model"
 ) -> Predict:
@@ -63,19 +82,11 @@ def align_predict(
         ``predict`` itself when the orders agree, else a wrapper reordering its columns.
 
     Raises:
-        UserError: the two tag sets differ (the model was trained on other labels).
+        UserError: as :func:`tag_order`.
     """
-    model_tags, tags = [str(t) for t in model_tags], [str(t) for t in tags]
-    if model_tags == tags:
+    order = tag_order(model_tags, tags, source)
+    if order is None:
         return predict
-    if sorted(model_tags) != sorted(tags):
-        missing = sorted(set(tags) - set(model_tags))[:5]
-        extra = sorted(set(model_tags) - set(tags))[:5]
-        raise UserError(
-            f"{source} predicts other tags than the prepared labels "
-            f"(missing {missing}, extra {extra}); run `dvc repro train`"
-        )
-    order = np.array([model_tags.index(t) for t in tags])
     return lambda mels: np.asarray(predict(mels))[:, order]
 
 
@@ -314,9 +325,9 @@ def main() -> None:
 
     predict = align_predict(bundle_predict, bundle.tags, inputs.tags, source=paths.model)
     thresholds = getattr(bundle, "thresholds", None)  # the decision thresholds, if the bundle has them
-    if thresholds is not None:  # in label order, as align_predict orders the scores
-        by_tag = dict(zip(bundle.tags, thresholds, strict=True))
-        thresholds = np.array([by_tag[t] for t in inputs.tags])
+    order = tag_order(bundle.tags, inputs.tags, source=paths.model)
+    if thresholds is not None and order is not None:  # in label order, as align_predict orders the scores
+        thresholds = thresholds[order]
     with timed() as elapsed:
         result = evaluate(
             inputs.mel,

@@ -7,7 +7,6 @@ finished file must match its pinned SHA-256 before it is renamed into place.
 
 from __future__ import annotations
 
-import hashlib
 import http.client
 import os
 import time
@@ -18,7 +17,7 @@ from urllib.request import Request, urlopen
 
 from tqdm import tqdm
 
-from mstagger.util import UserError, check_free, disk_guard, human_size, log
+from mstagger.util import UserError, check_free, disk_guard, file_digest, human_size, log
 
 CHUNK = 1 << 20  # bytes per read and write while streaming
 USER_AGENT = "mstagger-download (python urllib)"
@@ -55,15 +54,6 @@ class Fetched:
     cached: bool
     received: int
     attempts: int
-
-
-def sha256_file(path: Path) -> str:
-    """Return the hex SHA-256 of the file at ``path``, read in chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _range_start(content_range: str | None) -> int | None:
@@ -183,7 +173,7 @@ def fetch(
     dest.parent.mkdir(parents=True, exist_ok=True)
     bad = dest.with_name(name + ".bad")
     if dest.exists():
-        got = sha256_file(dest)
+        got = file_digest(dest)
         if got == expected:
             log.info("%s: in the cache %s (checksum ok)", name, dest.parent)
             return Fetched(dest, cached=True, received=0, attempts=0)
@@ -226,7 +216,7 @@ def fetch(
         )
         _sleep(delay)
 
-    got = sha256_file(part)
+    got = file_digest(part)
     if got != expected:
         os.replace(part, bad)
         raise UserError(

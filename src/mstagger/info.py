@@ -9,7 +9,6 @@ file (same MD5), and said to be unknown otherwise.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import sys
 from pathlib import Path
@@ -21,17 +20,9 @@ from mstagger.bundle import FORMAT, Bundle, load_bundle
 from mstagger.cli import Parser
 from mstagger.library import model_id
 from mstagger.params import ParamsError, load_params
-from mstagger.util import UserError, human_size
+from mstagger.util import UserError, file_digest, human_size
 
 LOCK_FILE = "dvc.lock"
-
-
-def _md5(path: Path) -> str:
-    digest = hashlib.md5()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def evaluated_scores(model: str | Path, search: list[Path] | None = None) -> tuple[dict | None, str]:
@@ -56,12 +47,12 @@ def evaluated_scores(model: str | Path, search: list[Path] | None = None) -> tup
     except (OSError, yaml.YAMLError) as err:
         return None, f"{lock} cannot be read ({err})"
     root = lock.parent
-    md5 = _md5(model)
+    md5 = file_digest(model, "md5")
     if not any((root / d["path"]).resolve() == model and d.get("md5") == md5 for d in stage.get("deps", [])):
         return None, f"{lock} records no evaluation of this file; run `dvc repro evaluate`"
     for out in stage.get("outs", []):
         path = root / out["path"]
-        if path.name == "test.json" and path.is_file() and out.get("md5") == _md5(path):
+        if path.name == "test.json" and path.is_file() and out.get("md5") == file_digest(path, "md5"):
             return json.loads(path.read_text(encoding="utf-8")), str(path.relative_to(root))
     return None, f"the test scores that {lock} records are not in the workspace; run `dvc repro evaluate`"
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import csv
 import fnmatch
-import hashlib
 import io
 import os
 from collections import Counter
@@ -22,7 +21,7 @@ from typing import IO, Any
 import numpy as np
 
 from mstagger.outputs import atomic_path
-from mstagger.util import UserError, log
+from mstagger.util import UserError, file_digest, log
 
 # Extensions of the formats libsndfile decodes (MP3, FLAC, Ogg Vorbis and Opus, WAV, AIFF, ...).
 # AAC and M4A are not among them.
@@ -114,11 +113,7 @@ def find_audio(paths: Sequence[str | Path], pattern: str | None = None) -> tuple
 
 def model_id(path: str | Path) -> str:
     """A short identity of a model file: the first 12 hex digits of its SHA-256."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()[:12]
+    return file_digest(path)[:12]
 
 
 class Ledger:

@@ -229,19 +229,21 @@ def _check(parser: Parser, args: argparse.Namespace) -> None:
         parser.error("--force needs --csv (it says which table's rows to redo)")
 
 
-def _asserted(bundle: Bundle, probs: np.ndarray) -> list[str]:
-    """The tags the model asserts for one file, most probable first."""
+def _asserted(bundle: Bundle, probs: np.ndarray) -> list[str] | None:
+    """The tags the model asserts for one file, most probable first (None: the bundle has no thresholds)."""
     if bundle.thresholds is None:
-        return []
+        return None
     order = np.argsort(-probs, kind="stable")
     decided = bundle.decide(probs)
     return [bundle.tags[j] for j in order if decided[j]]
 
 
-def _text(bundle: Bundle, file: AudioFile, result: Tagged, decide: bool, top: int) -> str:
+def _text(
+    bundle: Bundle, file: AudioFile, result: Tagged, asserted: list[str] | None, decide: bool, top: int
+) -> str:
     """What ``predict`` prints for one file: its top tags, or with --decide the tags it asserts."""
     if decide:
-        return f"{file.path}: {', '.join(_asserted(bundle, result.probs)) or '(no tag asserted)'}"
+        return f"{file.path}: {', '.join(asserted or []) or '(no tag asserted)'}"
     order = np.argsort(-result.probs, kind="stable")[:top]
     head = f"{file.path}  ({result.windows} window{'s' if result.windows > 1 else ''})"
     return "\n".join([head, *(f"  {result.probs[j]:.3f}  {bundle.tags[j]}" for j in order)])
@@ -334,16 +336,16 @@ def tag_library(
             tally["audio_seconds"] += result.seconds
             asserted = _asserted(bundle, result.probs)
             if ledger is not None:
-                ledger.add(file, result.seconds, result.windows, result.probs, asserted)
+                ledger.add(file, result.seconds, result.windows, result.probs, asserted or [])
             if args.json:
                 as_json[result.index] = {
                     "seconds": result.seconds,
                     "windows": result.windows,
                     "tags": dict(zip(bundle.tags, map(float, result.probs), strict=True)),
-                    **({"asserted": asserted} if bundle.thresholds is not None else {}),
+                    **({"asserted": asserted} if asserted is not None else {}),
                 }
             elif ledger is None:
-                bar.write(_text(bundle, file, result, args.decide, args.top), file=sys.stdout)
+                bar.write(_text(bundle, file, result, asserted, args.decide, args.top), file=sys.stdout)
     tally["seconds"] = time.perf_counter() - start
     if args.json:
         report = {

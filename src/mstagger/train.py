@@ -345,20 +345,23 @@ def train(
     on_device = isinstance(source, DeviceSource)
 
     run_facts = {"device": device.type, "processes": world.size}
-    inputs = {"mel": data.mel, "labels": data.labels, "split": data.split, "mean": data.mean, "std": data.std}
-    fp = checkpoint.fingerprint(params, {**inputs, "tags": np.asarray(data.tags)}, run_facts)
-    state = checkpoint.load(checkpoint_path, fp) if world.main else None
+    fp, state = None, None  # the main process alone reads and writes the checkpoint
+    if world.main:
+        inputs = {"mel": data.mel, "labels": data.labels, "split": data.split, "tags": np.asarray(data.tags)}
+        fp = checkpoint.fingerprint(params, {**inputs, "mean": data.mean, "std": data.std}, run_facts)
+        state = checkpoint.load(checkpoint_path, fp)
     state = broadcast_object(state, world)
-    start, best, best_key, best_state = 1, {}, (-math.inf, -math.inf), None
+    start, best, best_key, best_state, best_probs = 1, {}, (-math.inf, -math.inf), None, None
     if state is not None:
         tagger.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         set_rng_state(state["rng"][world.rank], device)
-        start, best, best_key, best_state = (
+        start, best, best_key, best_state, best_probs = (
             state["epoch"] + 1,
             state["best"],
             tuple(state["best_key"]),
             state["best_state"],
+            state["best_probs"],
         )
         if world.main:
             checkpoint.restore_dir(log_dir, state["live"])
@@ -403,9 +406,11 @@ def train(
             if not world.main:
                 continue
             val = validate(tagger, source, data, valid_rows, params)
-            improved = selection_key(val) > best_key
+            key, current = selection_key(val), cpu_state(tagger)
+            improved = key > best_key
             if improved:
-                best_key, best_state = selection_key(val), cpu_state(tagger)
+                # the probabilities as a tensor: checkpoints load with torch.load(weights_only=True)
+                best_key, best_state, best_probs = key, current, torch.from_numpy(val["probs"])
                 best = {
                     "best_epoch": epoch,
                     "val_roc_auc": val["roc_auc"],
@@ -419,12 +424,13 @@ def train(
                 {
                     "fingerprint": fp,
                     "epoch": epoch,
-                    "model": cpu_state(tagger),
+                    "model": current,  # the same tensors as best_state when improved: saved once
                     "optimizer": optimizer.state_dict(),
                     "rng": rngs,
                     "best": best,
                     "best_key": list(best_key),
                     "best_state": best_state,
+                    "best_probs": best_probs,
                     "live": checkpoint.snapshot_dir(log_dir),
                 },
             )
@@ -436,10 +442,8 @@ def train(
         live.summary["best"] = best
         live.end()
         tagger.load_state_dict(best_state)
-        # Decision thresholds from the saved weights' validation probabilities (the same after a resume).
-        thresholds, n_default = f1_thresholds(
-            data.labels[valid_rows], validate(tagger, source, data, valid_rows, params)["probs"]
-        )
+        # Decision thresholds from the saved weights' validation probabilities, kept with them.
+        thresholds, n_default = f1_thresholds(data.labels[valid_rows], best_probs.numpy())
         log.info(
             "decision thresholds chosen on the validation split; %d tags without a positive get %s",
             n_default,

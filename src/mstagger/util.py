@@ -6,6 +6,7 @@ from __future__ import annotations
 import ctypes
 import errno
 import functools
+import hashlib
 import logging
 import os
 import shutil
@@ -93,6 +94,12 @@ def stage_main(func: Callable[[], Any]) -> Callable[[], None]:
 
 
 _DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
+def file_digest(path: str | Path, algorithm: str = "sha256") -> str:
+    """The hex digest of a file's bytes (``hashlib`` algorithm name), read in chunks."""
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, algorithm).hexdigest()
 
 
 def human_size(n: float) -> str:
