@@ -6,9 +6,9 @@ MP3 and FLAC, as ripped music is). Then, each in a fresh Python process so impor
 worker start are counted alike:
 
 - ``sequential``: the per-file way of peers' predict scripts and of ``mstagger predict`` before the
-  library work: for one file after the other, decode it whole (``audio.load_clip``), cut it into
-  windows, compute every window's log-mel, run them through the network (``Bundle.predict``, batches
-  of 16 windows, torch's default threads) and average.
+  library work: for one file after the other, decode it whole (``librosa.load``), cut it into
+  windows, compute every window's log-mel (librosa), run them through the network (``Bundle.predict``,
+  batches of 16 windows, torch's default threads) and average.
 - ``sequential-1t``: the same with one torch thread, which suffers less when other processes share the
   CPU (two OpenMP threads on two busy cores mostly wait on each other): a conservative reference.
 - ``predict``: ``mstagger predict FOLDER --csv`` as a user runs it (worker processes decode and stream
@@ -117,13 +117,21 @@ def run_sequential(folder: Path, model: Path, device: str, out: Path, threads: i
     """One file after the other: decode whole, every window's log-mel, forward, mean (the old predict).
 
     Decoding is ``librosa.load``, as in peers' scripts and the old predict: the whole file at its own
-    rate, then resampled (mstagger's decoder streams, which would flatter this way's memory).
+    rate, then resampled (mstagger's decoder streams, which would flatter this way's memory); the
+    spectrogram is librosa's, as theirs (``mstagger.audio.log_mel`` gives the same numbers).
     """
     import librosa
     import torch
 
-    from mstagger.audio import checked, log_mel
+    from mstagger.audio import checked
     from mstagger.bundle import load_bundle
+
+    def log_mel(y: np.ndarray, spec) -> np.ndarray:
+        y = librosa.util.fix_length(y, size=(spec.n_frames - 1) * spec.hop_length)
+        mel = librosa.feature.melspectrogram(
+            y=y, sr=spec.sample_rate, n_fft=spec.n_fft, hop_length=spec.hop_length, n_mels=spec.n_mels
+        )
+        return np.log(np.maximum(mel, spec.log_floor))
 
     if threads:
         torch.set_num_threads(threads)

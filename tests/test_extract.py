@@ -6,18 +6,21 @@ import csv
 import math
 import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import librosa
 import numpy as np
 import pytest
+import scipy.signal
 import soundfile as sf
 import yaml
 
 from helpers import SHARED_MTAT, repo_params_dict
 from mstagger import extract as extract_mod
 from mstagger import rowfile
-from mstagger.audio import AudioError, clip_log_mel, load_audio, log_mel
+from mstagger.audio import AudioError, clip_log_mel, hann_window, load_audio, log_mel, mel_filterbank
 from mstagger.extract import extract, read_clips
 from mstagger.outputs import MARKER, marker_text
 from mstagger.params import SpectrogramParams
@@ -121,6 +124,54 @@ def test_n_frames_follows_the_params() -> None:
     assert other.n_frames == 1 + math.ceil(10.0 * 16000 / 256) == 626
     y = np.random.default_rng(0).standard_normal(16000 * 12).astype(np.float32)
     assert log_mel(y, other).shape == (40, 626)
+
+
+GEOMETRIES = [
+    (11025, 2048, 512, 128),
+    (16000, 512, 256, 96),
+    (22050, 1024, 512, 40),
+    (44100, 4096, 1024, 256),
+]
+
+
+@pytest.mark.parametrize(("sample_rate", "n_fft", "hop", "n_mels"), GEOMETRIES)
+def test_window_and_mel_filters_are_librosas_bit_for_bit(sample_rate, n_fft, hop, n_mels) -> None:
+    np.testing.assert_array_equal(hann_window(n_fft), scipy.signal.get_window("hann", n_fft, fftbins=True))
+    filters = mel_filterbank(sample_rate, n_fft, n_mels)
+    assert filters.dtype == np.float32
+    np.testing.assert_array_equal(filters, librosa.filters.mel(sr=sample_rate, n_fft=n_fft, n_mels=n_mels))
+
+
+@pytest.mark.parametrize(("sample_rate", "n_fft", "hop", "n_mels"), GEOMETRIES)
+def test_log_mel_is_librosas_melspectrogram_bit_for_bit(sample_rate, n_fft, hop, n_mels) -> None:
+    spec = SpectrogramParams(sample_rate=sample_rate, n_fft=n_fft, hop_length=hop, n_mels=n_mels)
+    rng = np.random.default_rng(sample_rate)
+    n_samples = (spec.n_frames - 1) * hop
+    t = np.arange(n_samples + 5000) / sample_rate
+    music = (0.3 * np.sin(2 * np.pi * 440 * t) * np.sin(2 * np.pi * 0.5 * t)).astype(np.float32)
+    for y in (
+        music,
+        0.1 * rng.standard_normal(n_samples // 3).astype(np.float32),
+        np.zeros(n_samples, np.float32),
+    ):
+        fixed = librosa.util.fix_length(y, size=n_samples)  # as log_mel: padded or cropped first
+        mel = librosa.feature.melspectrogram(
+            y=fixed, sr=sample_rate, n_fft=n_fft, hop_length=hop, n_mels=n_mels
+        )
+        np.testing.assert_array_equal(log_mel(y, spec), np.log(np.maximum(mel, spec.log_floor)))
+
+
+def test_decoding_loads_neither_librosa_nor_torch() -> None:
+    """Decoding processes import mstagger.windows (and extract's, mstagger.audio): NumPy, soundfile and
+    soxr, 37 MB, not librosa's stack (numba, scipy) or torch, each over 200 MB a process."""
+    code = "import sys, mstagger.windows; print(' '.join(sorted(sys.modules)))"
+    loaded = set(
+        subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, check=True
+        ).stdout.split()
+    )
+    assert "mstagger.audio" in loaded
+    assert not {"librosa", "numba", "scipy", "torch"} & loaded
 
 
 @pytest.mark.parametrize("seconds", [29.1, 30.0, 25.0])

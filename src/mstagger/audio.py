@@ -5,10 +5,17 @@ to 11025 Hz exactly as ``librosa.load`` does (soundfile, then soxr "HQ"), a libr
 its defaults (n_fft 2048, hop 512, 128 mels, power 2) and the natural log of ``max(mel, 1e-20)``.
 One difference on purpose: the frame count is fixed in the audio domain, so every clip gives exactly
 ``spec.n_frames`` frames (628) whatever its decoded length.
+
+The spectrogram is computed here with NumPy alone, with the operations librosa 0.11 performs in their
+order and precision (periodic Hann window, centred zero-padded frames, a float64 FFT rounded to
+complex64, Slaney mel filters in float32), so it equals librosa's bit for bit (tested): decoding
+processes then load NumPy, soundfile and soxr only (29 MB, 0.2 s), not librosa's stack (numba, scipy:
+over 200 MB and 2 s each).
 """
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import sys
@@ -18,7 +25,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-import librosa
 import numpy as np
 import soundfile as sf
 import soxr
@@ -149,7 +155,7 @@ def _resampled_blocks(
         except (sf.LibsndfileError, RuntimeError, ValueError, OSError) as err:
             raise AudioError(f"decode failed: {_one_line(err)}") from None
         last = len(data) == 0
-        y = data.mean(axis=1) if data.shape[1] > 1 else data[:, 0]  # (n,)
+        y = _mono(data)
         frames_in += len(y)
         if resampler is not None and frames_in:
             y = resampler.resample_chunk(y, last=last)  # the last call flushes the filter
@@ -161,6 +167,18 @@ def _resampled_blocks(
             yield np.ascontiguousarray(y, dtype=np.float32)
         if last:
             return
+
+
+def _mono(data: np.ndarray) -> np.ndarray:
+    """(n, channels) -> (n,): the channels' mean, as ``data.mean(axis=1)`` computes it (summed in
+    order, then divided) without its slow pass over rows of two values: 0.13 s a 5-minute stereo file."""
+    if data.shape[1] == 1:
+        return data[:, 0]
+    y = data[:, 0].copy()
+    for channel in range(1, data.shape[1]):
+        y += data[:, channel]
+    y /= data.shape[1]
+    return y
 
 
 def load_audio(path: str | Path, sample_rate: int) -> np.ndarray:
@@ -209,11 +227,66 @@ def checked(
         raise AudioError("silent")
 
 
+def hann_window(n: int) -> np.ndarray:
+    """The periodic Hann window of ``n`` samples (float64), as ``scipy.signal.get_window("hann", n)``."""
+    return 0.5 + 0.5 * np.cos(np.linspace(-np.pi, np.pi, n + 1)[:-1])
+
+
+# Slaney's mel scale (the Auditory Toolbox; librosa's default): linear below 1 kHz, logarithmic above.
+_HZ_PER_MEL = 200.0 / 3.0
+_LOG_HZ = 1000.0  # where the logarithmic part begins
+_LOG_MEL = _LOG_HZ / _HZ_PER_MEL
+_LOG_STEP = math.log(6.4) / 27.0  # mels per log-Hz above 1 kHz
+
+
+def hz_to_mel(hz: np.ndarray | float) -> np.ndarray:
+    """Slaney mels of frequencies in Hz."""
+    hz = np.asarray(hz, dtype=np.float64)
+    log_part = _LOG_MEL + np.log(np.maximum(hz, _LOG_HZ) / _LOG_HZ) / _LOG_STEP
+    return np.where(hz >= _LOG_HZ, log_part, hz / _HZ_PER_MEL)
+
+
+def mel_to_hz(mel: np.ndarray | float) -> np.ndarray:
+    """Frequencies in Hz of Slaney mels (the inverse of :func:`hz_to_mel`)."""
+    mel = np.asarray(mel, dtype=np.float64)
+    return np.where(mel >= _LOG_MEL, _LOG_HZ * np.exp(_LOG_STEP * (mel - _LOG_MEL)), _HZ_PER_MEL * mel)
+
+
+def mel_filterbank(sample_rate: int, n_fft: int, n_mels: int) -> np.ndarray:
+    """Triangular mel filters over the FFT bins, each of unit area (Slaney), float32 (n_mels, 1 + n_fft // 2).
+
+    As ``librosa.filters.mel(sr=sample_rate, n_fft=n_fft, n_mels=n_mels)``: ``n_mels`` filters spread
+    evenly in mels from 0 Hz to the Nyquist frequency, each rising from the previous centre and falling
+    to the next, then scaled by 2 / (its width in Hz).
+    """
+    edges = mel_to_hz(np.linspace(hz_to_mel(0.0), hz_to_mel(sample_rate / 2.0), n_mels + 2))  # Hz
+    widths = np.diff(edges)  # (n_mels + 1,)
+    to_bin = edges[:, None] - np.fft.rfftfreq(n_fft, 1.0 / sample_rate)[None, :]  # (n_mels + 2, bins)
+    rising = -to_bin[:-2] / widths[:-1, None]
+    falling = to_bin[2:] / widths[1:, None]
+    filters = np.maximum(0.0, np.minimum(rising, falling)).astype(np.float32)
+    filters *= (2.0 / (edges[2:] - edges[:-2]))[:, None]
+    return filters
+
+
+# Frames transformed at a time: their float64 temporaries (0.5 MB) stay in the CPU's cache, which
+# halves the time of a 628-frame window (9 ms -> 4.7 ms) against transforming all frames at once.
+_FRAMES_AT_ONCE = 32
+
+
+@functools.lru_cache(maxsize=4)
+def _transform(spec: SpectrogramParams) -> tuple[np.ndarray, np.ndarray]:
+    """The window (n_fft,) and the mel filters (n_mels, bins) of ``spec``, computed once per process."""
+    return hann_window(spec.n_fft), mel_filterbank(spec.sample_rate, spec.n_fft, spec.n_mels)
+
+
 def log_mel(y: np.ndarray, spec: SpectrogramParams) -> np.ndarray:
     """Log-mel spectrogram of a mono signal, with exactly ``spec.n_frames`` frames.
 
     ``y`` is first zero-padded or cropped to ``(spec.n_frames - 1) * spec.hop_length`` samples, so
     the centred STFT yields exactly ``spec.n_frames`` frames (628 for 29.1 s at 11025 Hz, hop 512).
+    The result equals ``librosa.feature.melspectrogram(y=y, sr=..., n_fft=..., hop_length=...,
+    n_mels=...)`` (power 2) followed by ``log(max(., spec.log_floor))``, bit for bit.
 
     Args:
         y: mono samples at ``spec.sample_rate``, shape (n,).
@@ -222,16 +295,19 @@ def log_mel(y: np.ndarray, spec: SpectrogramParams) -> np.ndarray:
     Returns:
         ``log(max(mel_power, spec.log_floor))``, float32, shape (spec.n_mels, spec.n_frames).
     """
+    window, filters = _transform(spec)
     n_samples = (spec.n_frames - 1) * spec.hop_length
-    y = librosa.util.fix_length(np.asarray(y, dtype=np.float32), size=n_samples)
-    mel = librosa.feature.melspectrogram(
-        y=y,
-        sr=spec.sample_rate,
-        n_fft=spec.n_fft,
-        hop_length=spec.hop_length,
-        n_mels=spec.n_mels,
-        power=2.0,
-    )  # (n_mels, n_frames)
+    y = np.asarray(y, dtype=np.float32)[:n_samples]
+    half = spec.n_fft // 2  # centred frames: zeros before the first and after the last sample
+    padded = np.pad(y, (half, half + n_samples - len(y)))
+    frames = np.lib.stride_tricks.sliding_window_view(padded, spec.n_fft)[:: spec.hop_length]  # (T, n_fft)
+    power = np.empty((len(frames), spec.n_fft // 2 + 1), np.float32)  # (T, bins)
+    for start in range(0, len(frames), _FRAMES_AT_ONCE):
+        block = slice(start, start + _FRAMES_AT_ONCE)
+        spectrum = np.fft.rfft(frames[block] * window, axis=-1)  # a float64 FFT, as librosa's
+        np.abs(spectrum.astype(np.complex64), out=power[block])  # librosa keeps complex64
+    power **= 2
+    mel = np.einsum("ft,mf->mt", power.T, filters, optimize=True)  # (n_mels, T), librosa's contraction
     return np.log(np.maximum(mel, spec.log_floor)).astype(np.float32, copy=False)
 
 

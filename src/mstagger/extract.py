@@ -80,8 +80,8 @@ def read_clips(raw_dir: Path) -> list[Clip]:
 # --- worker side ---------------------------------------------------------------------------------
 
 _STATE: dict[str, Any] = {}
-# Modules librosa loads lazily on the first clip; imported up front so the BLAS thread limit covers them.
-_PRELOAD = ("mstagger.audio", "librosa.core.audio", "librosa.feature.spectral", "scipy.signal")
+# Imported up front so the BLAS thread limit covers the libraries they load.
+_PRELOAD = ("mstagger.audio",)
 
 
 def _init_pool_worker(target: RowFile, spec: SpectrogramParams, min_seconds: float) -> None:
