@@ -54,6 +54,8 @@ def test_the_paper_command_gives_the_papers_recipe():
     assert p.precision == "fp32"
     # BatchNorm keeps the paper's running averages (momentum 0.01), no re-estimation.
     assert p.bn_recalibration_clips == 0
+    # The epoch with the best validation ROC-AUC is kept.
+    assert p.selection_tolerance == 0
 
 
 def test_the_recommended_run_is_mtat_on_the_folder_split():

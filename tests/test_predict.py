@@ -231,7 +231,7 @@ def test_info_prints_what_the_bundle_knows(tmp_path, capsys, monkeypatch):
     assert cli_main(["info", "models/model.pt"]) == 0
     out = capsys.readouterr().out
     for text in ["mstagger-bundle/3", "demo: the synthetic demo dataset", "folder (seed 7)", "40 epochs",
-                 "best epoch 18", "ROC-AUC 0.7100", "git revision   rev", "guitar  0.2500", "piano   0.1250",
+                 "kept epoch 18", "ROC-AUC 0.7100", "git revision   rev", "guitar  0.2500", "piano   0.1250",
                  "1 without a validation positive", "test scores    unknown: no dvc.lock"]:  # fmt: skip
         assert text in out, text
     # test scores when dvc.lock records that evaluate scored this very file

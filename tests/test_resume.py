@@ -130,6 +130,7 @@ def test_a_kill_in_the_middle_of_a_checkpoint_write_leaves_a_whole_checkpoint(tm
     writer = (
         "import sys, torch\n"
         "from mstagger import checkpoint\n"
+        "print('imported', flush=True)\n"
         "i = 0\n"
         "while True:\n"
         "    i += 1\n"
@@ -138,8 +139,11 @@ def test_a_kill_in_the_middle_of_a_checkpoint_write_leaves_a_whole_checkpoint(tm
     )
     rng = np.random.default_rng(0)
     for _ in range(4):
-        proc = subprocess.Popen([sys.executable, "-c", writer, str(path)])
-        time.sleep(2.0 + rng.random())  # past the imports, somewhere in a write
+        proc = subprocess.Popen([sys.executable, "-c", writer, str(path)], stdout=subprocess.PIPE, text=True)
+        assert proc.stdout.readline() == "imported\n"  # however long the imports take on a busy machine
+        while not path.exists():  # one whole checkpoint to compare with
+            time.sleep(0.01)
+        time.sleep(0.2 + rng.random())  # somewhere in a later write (one takes about 0.1 s)
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         state = checkpoint.load(path, expected="f")

@@ -15,7 +15,7 @@ from mstagger.batches import DeviceSource, StreamSource, epoch_batches
 from mstagger.bundle import load_bundle
 from mstagger.distributed import World
 from mstagger.metrics import macro_scores
-from mstagger.train import build_tagger, lr_at, make_optimizer, selection_key, train, validate
+from mstagger.train import build_tagger, lr_at, make_optimizer, selection_key, selects, train, validate
 from mstagger.util import UserError
 
 N_TAGS = 4
@@ -71,16 +71,46 @@ def test_selection_prefers_auc_then_loss_and_survives_undefined_auc():
     assert key(0.5, 9.0) > key(math.nan, 0.0)
 
 
-def test_training_keeps_the_best_validation_epoch_and_logs_curves(tmp_path):
-    summary, out = run(tmp_path, "a", tiny_train_data(), epochs=4)
+def kept_epoch(rocs: list[float], tolerance: float) -> int:
+    """The obvious statement of the rule: the last epoch (1-based) within ``tolerance`` of the best."""
+    return max(e for e, roc in enumerate(rocs, 1) if roc >= max(rocs) - tolerance)
+
+
+def test_selection_keeps_the_last_epoch_within_the_tolerance_of_the_best():
+    curves = [
+        [0.70, 0.80, 0.79, 0.81, 0.805, 0.80],  # flat end: the last epoch within 0.005 of 0.81
+        [0.70, 0.80, 0.79, 0.81, 0.80, 0.78],  # falls off: the best epoch
+        [0.70, 0.80, 0.799, 0.797, 0.82, 0.70],  # a later best makes earlier near-bests ineligible
+        [0.70, 0.70, 0.70],  # ties
+    ]
+    for rocs in curves:
+        for tolerance in (0.0, 0.005, 0.02):
+            kept, best = None, (-math.inf, -math.inf)
+            for epoch, roc in enumerate(rocs, 1):
+                key = selection_key({"roc_auc": roc, "loss": 1.0})
+                if selects(key, best, tolerance):
+                    kept, best = epoch, max(best, key)
+            expected = kept_epoch(rocs, tolerance) if tolerance else rocs.index(max(rocs)) + 1
+            assert kept == expected, (rocs, tolerance)
+    # an undefined ROC-AUC is never "within" the tolerance: the loss decides among those alone
+    nan = selection_key({"roc_auc": math.nan, "loss": 1.0})
+    assert not selects(nan, selection_key({"roc_auc": 0.5, "loss": 1.0}), 0.1)
+    assert not selects(nan, selection_key({"roc_auc": math.nan, "loss": 0.5}), 0.1)
+
+
+@pytest.mark.parametrize("tolerance", [0.0, 0.02])
+def test_training_keeps_the_selected_validation_epoch_and_logs_curves(tmp_path, tolerance):
+    summary, out = run(tmp_path, "a", tiny_train_data(), epochs=4, selection_tolerance=tolerance)
     curve = pd.read_csv(out / "log/plots/metrics/val/roc_auc.tsv", sep="\t")
     loss = pd.read_csv(out / "log/plots/metrics/val/loss.tsv", sep="\t")
     assert len(curve) == len(loss) == 4 and curve["step"].tolist() == [0, 1, 2, 3]
-    # Best ROC-AUC; among equal ones the lowest validation loss; among equal both the first epoch.
-    keys = list(zip(curve["roc_auc"], -loss["loss"], strict=True))
-    best_step = keys.index(max(keys))
-    assert summary["best_epoch"] == best_step + 1
-    assert summary["val_roc_auc"] == pytest.approx(curve["roc_auc"].max())
+    if tolerance == 0:  # Best ROC-AUC; among equal ones the lowest validation loss; then the first epoch.
+        keys = list(zip(curve["roc_auc"], -loss["loss"], strict=True))
+        assert summary["best_epoch"] == keys.index(max(keys)) + 1
+    else:
+        assert summary["best_epoch"] == kept_epoch(curve["roc_auc"].tolist(), tolerance)
+    assert summary["val_roc_auc"] == pytest.approx(curve["roc_auc"][summary["best_epoch"] - 1])
+    assert summary["val_roc_auc_max"] == pytest.approx(curve["roc_auc"].max())
     for tsv in ("train/loss.tsv", "val/loss.tsv", "val/pr_auc.tsv", "lr.tsv"):
         assert (out / "log/plots/metrics" / tsv).is_file()
     metrics = json.loads((out / "log/metrics.json").read_text())

@@ -1,7 +1,7 @@
 """Resumable training state, written after every epoch outside the stage's outputs (``paths.checkpoint``).
 
 A checkpoint holds everything a killed run needs to continue as if it had not stopped: the weights,
-the optimiser, the last complete epoch, the best epoch so far and its weights, every process's RNG
+the optimiser, the last complete epoch, the kept epoch so far and its weights, every process's RNG
 state and the dvclive folder as it was after that epoch. It is written atomically, so a kill at any
 moment leaves the previous checkpoint or the new one. It carries a fingerprint of the params and the
 input files: a checkpoint of another configuration is never resumed, it is reported and set aside.

@@ -1,7 +1,7 @@
 """``mstagger info [MODEL]``: what a model bundle knows about itself.
 
 The data it was trained on (and a warning when that is the synthetic demo), the split, the training
-run (epochs, best epoch and its validation scores, precision, git revision), its input, and its tags
+run (epochs, the kept epoch and its validation scores, precision, git revision), its input, and its tags
 with their decision thresholds. The bundle cannot know its test scores (``evaluate`` runs after it is
 written); they are shown when ``dvc.lock`` records that ``metrics/test.json`` was computed from this very
 file (same MD5), and said to be unknown otherwise.
@@ -104,7 +104,7 @@ def format_info(info: dict[str, Any]) -> str:
         f"{info['model']}  ({info['format']}, id {info['id']}, {human_size(info['bytes'])})",
         f"  dataset        {dataset}",
         f"  split          {info['split']} (seed {info['seed']})",
-        f"  training       {info['epochs']} epochs, best epoch {info['best_epoch']}: validation ROC-AUC "
+        f"  training       {info['epochs']} epochs, kept epoch {info['best_epoch']}: validation ROC-AUC "
         f"{_score(val['roc_auc'])}, PR-AUC {_score(val['pr_auc'])}; precision {info['precision']}",
         f"  git revision   {info['git_rev']}",
     ]

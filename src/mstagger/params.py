@@ -229,6 +229,7 @@ class Params:
     precision: str = "bf16"
     num_workers: int = 0
     bn_recalibration_clips: int = 2048
+    selection_tolerance: float = 0.005
     data_on_device: bool | str = "auto"
     compile: str = "none"
     nproc_per_node: int = 1
@@ -268,6 +269,11 @@ class Params:
         if self.bn_recalibration_clips < 0 or self.bn_recalibration_clips == 1:
             _fail(
                 "bn_recalibration_clips", f"must be 0 (off) or at least 2, got {self.bn_recalibration_clips}"
+            )
+        if not 0 <= self.selection_tolerance < 1:
+            _fail(
+                "selection_tolerance",
+                f"must be in [0, 1) (0: keep the best validation epoch), got {self.selection_tolerance}",
             )
         if self.num_workers < 0:
             _fail("num_workers", f"must be non-negative, got {self.num_workers}")

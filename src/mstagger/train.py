@@ -4,7 +4,9 @@ Adam, binary cross-entropy on logits, the learning rate divided by 10 after the 
 each epoch BatchNorm's statistics are re-estimated (``bn_recalibration_clips``), the validation split is
 scored through the one inference path (:func:`mstagger.bundle.predict_logits`), per-epoch curves go to
 dvclive and a checkpoint is written (:mod:`mstagger.checkpoint`): a killed run resumes after its last
-complete epoch. The bundle of the epoch with the best validation ROC-AUC is written once, at the end.
+complete epoch. The bundle of the kept epoch is written once, at the end: the epoch with the best
+validation ROC-AUC (the paper's rule, ``selection_tolerance: 0``), or the last epoch within
+``selection_tolerance`` of it (:func:`selects`).
 
 On several processes (torchrun, or ``nproc_per_node`` > 1) every process trains on a disjoint share of
 each batch (DistributedDataParallel; BatchNorm synchronised on CUDA); rank 0 validates, logs,
@@ -244,6 +246,20 @@ def selection_key(val: dict[str, float]) -> tuple[float, float]:
     return (roc if math.isfinite(roc) else -math.inf, -val["loss"])
 
 
+def selects(key: tuple[float, float], best_key: tuple[float, float], tolerance: float) -> bool:
+    """Whether an epoch scoring ``key`` replaces the kept epoch, ``best_key`` being the best so far.
+
+    A new best always does. With ``tolerance`` > 0, so does an epoch whose ROC-AUC is within
+    ``tolerance`` below the best so far, so the kept epoch is the last one within ``tolerance`` of the
+    best of the run. On the flat end of a validation curve the argmax is a coin toss that differences
+    in the last bits (another CPU's bf16 kernels) turn; the last epoch within a tolerance moves only
+    when a score crosses the best by more than the tolerance.
+    """
+    if key > best_key:
+        return True
+    return tolerance > 0 and math.isfinite(key[0]) and key[0] >= best_key[0] - tolerance
+
+
 def rng_state(device: torch.device) -> dict[str, torch.Tensor]:
     """This process's RNG state (dropout masks are drawn from it)."""
     state = {"cpu": torch.get_rng_state()}
@@ -268,7 +284,7 @@ def open_source(data: TrainData, params: Params, device: torch.device, rows: np.
     return StreamSource(data.mel, data.labels, device, params.num_workers)
 
 
-def log_epoch(live: Any, epoch: int, lr: float, train_loss: float, val: dict, improved: bool) -> None:
+def log_epoch(live: Any, epoch: int, lr: float, train_loss: float, val: dict, note: str) -> None:
     """One epoch's numbers to dvclive (step = epoch - 1) and to the log."""
     metrics = {"train/loss": train_loss, "val/loss": val["loss"], "val/roc_auc": val["roc_auc"]}
     metrics.update({"val/pr_auc": val["pr_auc"], "lr": lr})
@@ -283,7 +299,7 @@ def log_epoch(live: Any, epoch: int, lr: float, train_loss: float, val: dict, im
         val["loss"],
         val["roc_auc"],
         val["pr_auc"],
-        "  *best" if improved else "",
+        note,
     )
 
 
@@ -407,24 +423,27 @@ def train(
                 continue
             val = validate(tagger, source, data, valid_rows, params)
             key, current = selection_key(val), cpu_state(tagger)
-            improved = key > best_key
-            if improved:
+            kept = selects(key, best_key, params.selection_tolerance)
+            note = ("  *best" if key > best_key else "  *kept (within selection_tolerance)") if kept else ""
+            if kept:
                 # the probabilities as a tensor: checkpoints load with torch.load(weights_only=True)
-                best_key, best_state, best_probs = key, current, torch.from_numpy(val["probs"])
+                best_key, best_state, best_probs = max(key, best_key), current, torch.from_numpy(val["probs"])
                 best = {
                     "best_epoch": epoch,
                     "val_roc_auc": val["roc_auc"],
+                    # the best validation ROC-AUC of the run so far (a new best is always kept)
+                    "val_roc_auc_max": best_key[0] if math.isfinite(best_key[0]) else val["roc_auc"],
                     "val_pr_auc": val["pr_auc"],
                     "val_loss": val["loss"],
                     "train_loss": train_loss,
                 }
-            log_epoch(live, epoch, lr, train_loss, val, improved)
+            log_epoch(live, epoch, lr, train_loss, val, note)
             checkpoint.save(
                 checkpoint_path,
                 {
                     "fingerprint": fp,
                     "epoch": epoch,
-                    "model": current,  # the same tensors as best_state when improved: saved once
+                    "model": current,  # the same tensors as best_state when kept: saved once
                     "optimizer": optimizer.state_dict(),
                     "rng": rngs,
                     "best": best,
@@ -514,10 +533,11 @@ def main() -> None:
     if world.main:
         write_json(metrics, summary)
         log.info(
-            "best epoch %d of %d (val roc-auc %.4f, pr-auc %.4f) -> %s in %.1f s",
+            "kept epoch %d of %d (val roc-auc %.4f, best %.4f; pr-auc %.4f) -> %s in %.1f s",
             summary["best_epoch"],
             summary["epochs"],
             summary["val_roc_auc"],
+            summary["val_roc_auc_max"],
             summary["val_pr_auc"],
             paths.model,
             summary["seconds"],
