@@ -15,6 +15,7 @@ import pytest
 import soundfile as sf
 import torch
 
+from mstagger import predict as predict_mod
 from mstagger.audio import load_audio, log_mel
 from mstagger.bundle import Tagger, load_bundle, save_bundle
 from mstagger.cli import main as cli_main
@@ -271,3 +272,12 @@ def test_info_prints_what_the_bundle_knows(tmp_path, capsys, monkeypatch):
     assert "test scores    unknown: " in capsys.readouterr().out
     assert cli_main(["info", "nowhere.pt"]) == 2
     assert "not found" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("cpus", "on_cpu", "on_gpu"), [(1, 1, 1), (2, 2, 2), (3, 2, 3), (16, 11, 16)])
+def test_default_workers_leave_a_third_of_the_cpus_to_the_network_on_the_cpu(
+    monkeypatch, cpus, on_cpu, on_gpu
+):
+    monkeypatch.setattr(predict_mod, "available_cpus", lambda: cpus)
+    assert predict_mod.default_workers(torch.device("cpu")) == on_cpu
+    assert predict_mod.default_workers(torch.device("cuda")) == on_gpu

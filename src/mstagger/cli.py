@@ -45,6 +45,9 @@ def main(argv: list[str] | None = None) -> int:
 
 def _dispatch(command: str, rest: list[str]) -> int:
     if command == "predict":
+        from mstagger.windows import start_forkserver
+
+        start_forkserver()  # its imports run while predict's (torch) do
         from mstagger.predict import main as predict_main
 
         return predict_main(rest)

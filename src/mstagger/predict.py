@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 import time
@@ -35,7 +36,7 @@ from mstagger.bundle import Bundle, load_bundle, resolve_device
 from mstagger.cli import Parser
 from mstagger.library import AudioFile, Ledger, find_audio, model_id
 from mstagger.params import ParamsError, load_params
-from mstagger.util import UserError
+from mstagger.util import UserError, keep_freed_memory
 from mstagger.windows import Done, Failed, Message, Window, decode_here, decode_in_workers
 
 MIN_SECONDS = 1.0  # shorter files are refused: mostly padding, the tags would mean little
@@ -103,10 +104,18 @@ def tag_messages(bundle: Bundle, messages: Iterator[Message | None], batch_size:
 
 
 def default_batch_size(device: torch.device) -> int:
-    """Windows per forward pass: 64 on a GPU; 2 on the CPU, where larger batches are no faster per
-    window (their activations fall out of the cache: 19 ms a window at 2, 29 ms at 4, 37 ms at 16 on
-    one core of the 2-core benchmark machine) and take more memory (+300 MB at 16)."""
-    return 2 if device.type == "cpu" else 64
+    """Windows per forward pass: 64 on a GPU; 4 on the CPU, where with malloc keeping the heap (see
+    :func:`main`) a window takes 10.5 ms at 4, 11.3 ms at 2 and 12.4 ms at 1 on one core of the 2-core
+    benchmark machine, and bigger batches cost memory (+300 MB at 16)."""
+    return 4 if device.type == "cpu" else 64
+
+
+def default_workers(device: torch.device) -> int:
+    """Decoding processes: every CPU when the network runs on a GPU; on the CPU two thirds of them (at
+    least one), the rest left to torch: decoding a window costs about twice its forward pass there
+    (21 ms against 10.5 ms on one core of the 2-core benchmark machine)."""
+    cpus = available_cpus()
+    return cpus if device.type != "cpu" else max(1, math.ceil(2 * cpus / 3))
 
 
 @contextmanager
@@ -203,14 +212,13 @@ def _parser() -> Parser:
     p.add_argument(
         "--workers",
         type=int,
-        default=available_cpus(),
-        help=f"decoding processes (default: the CPUs available, {available_cpus()}); 0: in this process",
+        help=f"decoding processes (default: one per CPU with a GPU; two thirds of the CPUs on the CPU, "
+        f"the rest running the network; {available_cpus()} CPUs here); 0: in this process",
     )
     p.add_argument(
         "--batch-size",
         type=int,
-        help="windows per forward pass, across files (default: 64 on a GPU, 2 on the CPU, where larger "
-        "batches are slower)",
+        help="windows per forward pass, across files (default: 64 on a GPU, 4 on the CPU)",
     )
     p.add_argument("--device", default="auto", help="auto (default: CUDA when present), cpu, cuda or cuda:N")
     return p
@@ -288,6 +296,10 @@ def main(argv: list[str] | None = None) -> int:
             raise UserError(f"no audio files in {where}")
         model = args.model if args.model is not None else Path(load_params().paths.model)
         bundle = load_bundle(model, device=resolve_device(args.device, source="--device"))
+        if bundle.device.type == "cpu":
+            # A forward pass allocates and frees activations of 8-64 MB a window; served from the heap
+            # instead of fresh mmaps, a window takes 10.5 ms instead of 14.7-18 ms (batches of 4).
+            keep_freed_memory(mmap_threshold=128 * 2**20, trim_threshold=256 * 2**20)
         if args.decide and bundle.thresholds is None:
             raise UserError(
                 f"{model} holds no decision thresholds; retrain it (`dvc repro train`) for --decide"
@@ -322,9 +334,8 @@ def tag_library(
     failures: dict[int, str] = {}
     start = time.perf_counter()
     with tqdm(total=len(todo), unit="file", desc="predict", file=sys.stderr) as bar:
-        for result in tag_files(
-            bundle, [f.path for f in todo], workers=args.workers, batch_size=args.batch_size
-        ):
+        workers = args.workers if args.workers is not None else default_workers(bundle.device)
+        for result in tag_files(bundle, [f.path for f in todo], workers=workers, batch_size=args.batch_size):
             file = todo[result.index]
             bar.update(1)
             if result.error is not None:
