@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from mstagger.audio import AudioError, StreamStats, checked, decode_blocks, log_mel
+from mstagger.audio import DECODER_MALLOC, AudioError, StreamStats, checked, decode_blocks, log_mel
 from mstagger.params import SpectrogramParams
 from mstagger.util import keep_freed_memory
 
@@ -149,8 +149,8 @@ def _exit_when_closed(lifeline: Any) -> None:
 
 
 def _init_worker(lifeline: Any, results: Any, stop: Any, spec: SpectrogramParams, min_seconds: float) -> None:
-    """Set a worker up: die with the parent, leave Ctrl-C to the parent, one BLAS thread and malloc as
-    extract's workers (a window's ~20 MB of temporaries reused, not page-faulted in again each time).
+    """Set a worker up: die with the parent, leave Ctrl-C to the parent, one BLAS thread and malloc
+    as extract's workers (:data:`mstagger.audio.DECODER_MALLOC`).
 
     A worker's parent process is the forkserver, which lives on while any worker holds its "alive" pipe,
     so neither dies when a killed ``predict`` leaves them: a thread waits on the read end of a pipe
@@ -158,7 +158,7 @@ def _init_worker(lifeline: Any, results: Any, stop: Any, spec: SpectrogramParams
     """
     threading.Thread(target=_exit_when_closed, args=(lifeline,), daemon=True).start()
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    keep_freed_memory(mmap_threshold=32 * 2**20, trim_threshold=64 * 2**20)
+    keep_freed_memory(**DECODER_MALLOC)
     _STATE.update(
         results=results, stop=stop, spec=spec, min_seconds=min_seconds, limits=threadpool_limits(limits=1)
     )
