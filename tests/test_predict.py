@@ -16,7 +16,7 @@ import soundfile as sf
 import torch
 
 from mstagger import predict as predict_mod
-from mstagger.audio import load_audio, log_mel
+from mstagger.audio import MEL_DTYPE, load_audio, log_mel
 from mstagger.bundle import Tagger, load_bundle, save_bundle
 from mstagger.cli import main as cli_main
 from mstagger.library import FIXED_COLUMNS
@@ -60,9 +60,11 @@ def test_predict_file_averages_the_windows(bundle_path, tmp_path):
     probs, n_windows = predict_file(bundle, tone(tmp_path / "song.wav", 10.0))
     assert n_windows == 3  # 10 s in windows of 65 * 512 / 11025 = 3.02 s; a 0.9 s tail is dropped
     assert probs.shape == (3,) and np.all((probs > 0) & (probs < 1))
-    # The same as decoding the whole file, predicting the three windows directly and averaging.
+    # The same as decoding the whole file, predicting the three windows directly (their spectrograms
+    # stored as extract stores a clip's) and averaging.
     y = load_audio(tmp_path / "song.wav", SPEC.sample_rate)
     mels = np.stack([log_mel(w, SPEC) for w in windows([y], (SPEC.n_frames - 1) * SPEC.hop_length)])
+    mels = mels.astype(MEL_DTYPE)
     np.testing.assert_allclose(probs, bundle.predict(mels).mean(axis=0), rtol=1e-6)
 
 

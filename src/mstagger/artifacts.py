@@ -25,7 +25,6 @@ LABELS_FILE = "labels.npy"
 TAGS_FILE = "tags.json"
 SPLIT_FILE = "split.csv"
 STATS_FILE = "stats.json"
-MEL_DTYPE = np.dtype(np.float16)
 _RUN_EXTRACT = "; run the extract stage first (dvc repro extract)"
 
 

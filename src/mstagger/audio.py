@@ -42,6 +42,10 @@ SILENCE_PEAK = 1.0e-4
 # them; so a clip read in blocks would not give the original code's features. A longer file may
 # differ from a whole read at these cuts.
 BLOCK_FRAMES = 1 << 20
+# The precision spectrograms are kept at (extract's mel.npy) and given to the network in (predict's
+# windows): a clip is the same input in training, evaluation and predict. float16 keeps log-mel values
+# (about -46 to 10) to 3 significant digits, far finer than the network can tell apart.
+MEL_DTYPE = np.dtype(np.float16)
 # malloc settings (mstagger.util.keep_freed_memory) for a process that decodes clip after clip, as
 # extract's and predict's workers do: a clip's 10-20 MB of temporaries (decoded audio, FFT blocks) are
 # reused from the heap instead of page-faulted in again each time (~2,400 faults, +25% time a clip).

@@ -36,8 +36,8 @@ from threadpoolctl import threadpool_limits
 from tqdm import tqdm
 
 from mstagger import rowfile
-from mstagger.artifacts import INDEX_FILE, MEL_DTYPE, MEL_FILE, SKIPPED_FILE
-from mstagger.audio import DECODER_MALLOC, AudioError, load_clip, log_mel
+from mstagger.artifacts import INDEX_FILE, MEL_FILE, SKIPPED_FILE
+from mstagger.audio import DECODER_MALLOC, MEL_DTYPE, AudioError, load_clip, log_mel
 from mstagger.dataset import ANNOTATIONS_FILE, RUN_DOWNLOAD, read_annotations
 from mstagger.outputs import check_writable, stage_metrics, staged_dir, write_json, write_text
 from mstagger.params import SpectrogramParams, load_params

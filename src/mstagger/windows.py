@@ -31,7 +31,15 @@ from typing import Any
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from mstagger.audio import DECODER_MALLOC, AudioError, StreamStats, checked, decode_blocks, log_mel
+from mstagger.audio import (
+    DECODER_MALLOC,
+    MEL_DTYPE,
+    AudioError,
+    StreamStats,
+    checked,
+    decode_blocks,
+    log_mel,
+)
 from mstagger.params import SpectrogramParams
 from mstagger.util import keep_freed_memory
 
@@ -66,7 +74,9 @@ def file_windows(
 ) -> Iterator[np.ndarray]:
     """Log-mel (n_mels, n_frames) of each window of ``path``, computed as the file is decoded.
 
-    The windows are ``(spec.n_frames - 1) * spec.hop_length`` samples long (one training clip).
+    The windows are ``(spec.n_frames - 1) * spec.hop_length`` samples long (one training clip), their
+    spectrograms rounded to :data:`mstagger.audio.MEL_DTYPE` as ``extract`` stores a clip's: a clip is
+    the same input to the network here as in evaluation (and half the bytes between processes).
     ``stats`` holds the decoded length once the iteration ends.
 
     Raises:
@@ -77,7 +87,7 @@ def file_windows(
     window = (spec.n_frames - 1) * spec.hop_length
     blocks = checked(decode_blocks(path, spec.sample_rate), spec.sample_rate, min_seconds, stats)
     for samples in windows(blocks, window):
-        yield log_mel(samples, spec)
+        yield log_mel(samples, spec).astype(MEL_DTYPE)
 
 
 @dataclass(frozen=True)
