@@ -1,8 +1,10 @@
 """`mstagger predict` and `mstagger info`: tag files and folders with a bundle, tables, decisions."""
 
+import contextlib
 import csv
 import hashlib
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -157,6 +159,34 @@ def test_a_library_folder_to_a_csv(bundle_path, tmp_path, capsys):
     assert cli_main(["predict", str(tmp_path / "lib"), "--model", str(bundle_path), "--csv", str(table)]) == 1
     assert "4 files skipped, already in" in capsys.readouterr().err
     assert len(rows_of(table)) == 5
+
+
+def test_the_command_exits_quickly_with_everything_written(bundle_path, tmp_path):
+    """``mstagger predict`` leaves with os._exit (no interpreter teardown): its piped output is whole,
+    its table complete, its exit status kept, and no process of it stays behind."""
+    songs = [str(tone(tmp_path / f"song{i}.wav", 4.0, hz=300.0 + 50 * i)) for i in range(3)]
+    table = tmp_path / "tags.csv"
+    run = [sys.executable, "-m", "mstagger.cli", "predict", "--model", str(bundle_path), *songs]
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}  # stdout block-buffered
+    done = subprocess.run([*run, "--json"], capture_output=True, text=True, timeout=120, env=env)
+    assert done.returncode == 0, done.stderr
+    assert set(json.loads(done.stdout)["files"]) == set(songs)  # flushed before the exit
+    assert "tagged 3 files" in done.stderr
+    broken = tmp_path / "broken.mp3"
+    broken.write_bytes(b"ID3 not audio" * 100)
+    proc = psutil.Popen(
+        [*run, str(broken), "--csv", str(table)], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    family = {proc}
+    while proc.poll() is None:  # its forkserver and workers, as they come (its output fits the pipes)
+        with contextlib.suppress(psutil.Error):
+            family.update(proc.children(recursive=True))
+        time.sleep(0.01)
+    err = proc.communicate(timeout=120)[1]
+    assert proc.returncode == 1 and b"1 failed" in err, err  # a failed file says so, by exit status too
+    assert len(rows_of(table)) == 4
+    _, alive = psutil.wait_procs(family, timeout=10)
+    assert not alive
 
 
 def test_a_killed_run_resumes_and_tags_every_file_once(bundle_path, tmp_path, capsys):

@@ -4,7 +4,9 @@ by name."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
+import logging
 import os
 import sys
 from typing import NoReturn
@@ -43,6 +45,30 @@ def main(argv: list[str] | None = None) -> int:
         return 1
 
 
+# Commands that load torch for a user and leave nothing for exit handlers to finish (their files are
+# closed when they return): they end without Python's orderly teardown (see :func:`run`).
+QUICK_EXIT = ("predict", "info")
+
+
+def run() -> NoReturn:
+    """The ``mstagger`` console command: :func:`main`, and for :data:`QUICK_EXIT` a quick exit.
+
+    With torch loaded, Python's orderly exit (destroying every module and object one by one) takes
+    0.4 s on the 2-core machine: a quarter of ``predict``'s start-up cost. Those commands flush the
+    standard streams and leave with ``os._exit``; their decoding processes have ended by then, and the
+    forkserver ends with its parent.
+    """
+    argv = sys.argv[1:]
+    code = main(argv)
+    if argv and argv[0] in QUICK_EXIT:
+        logging.shutdown()
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(OSError, ValueError):  # a reader that went away
+                stream.flush()
+        os._exit(code)
+    sys.exit(code)
+
+
 def _dispatch(command: str, rest: list[str]) -> int:
     if command == "predict":
         from mstagger.windows import start_forkserver
@@ -71,4 +97,4 @@ def _dispatch(command: str, rest: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run()
