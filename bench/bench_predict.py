@@ -17,7 +17,8 @@ worker start are counted alike:
 Each way also tags a folder of two clips, to split its time into start-up (imports, model, workers) and
 the cost of each further file. Figures: wall seconds, files per second, hours of audio per hour, the
 ratio to each reference, and the peak memory (proportional set size of the process tree, sampled every
-50 ms, and the main process's VmHWM). Then the ways tag one 60-minute file (44.1 kHz mono FLAC) alone,
+50 ms, and the main process's VmHWM) from one more run of each way: sampling costs a sixth of a core,
+so timed runs are left alone. Then the ways tag one 60-minute file (44.1 kHz mono FLAC) alone,
 to compare peak memory. The probabilities are compared file by file. Runs are interleaved (``--repeat``
 rounds, the fastest counts). Writes ``bench/results/predict-<device>.json``.
 
@@ -166,21 +167,29 @@ def _hwm_mib(pid: int) -> float:
     return 0.0
 
 
-def measure(command: list[str], env: dict[str, str]) -> dict:
-    """Run a command, sampling its process tree's memory every 50 ms; wall seconds and peaks."""
+def measure(command: list[str], env: dict[str, str], memory: bool = False) -> dict:
+    """Run a command: its wall seconds; with ``memory``, the peaks of its process tree's memory too.
+
+    Memory is sampled every 50 ms, which costs the sampler about a sixth of a core (reading
+    ``smaps_rollup`` of each process): on two cores that slows a command using both by 8-11%, so
+    timed runs are not sampled and memory comes from runs of their own.
+    """
     with tempfile.TemporaryFile("w+") as log:
         start = time.perf_counter()
         proc = psutil.Popen(command, stdout=subprocess.DEVNULL, stderr=log, text=True, env=env)
         tree_pss = main_hwm = 0.0
-        while proc.poll() is None:  # the main process's VmHWM only grows: the last reading is its peak
+        while memory and proc.poll() is None:  # the main process's VmHWM only grows: the last is its peak
             with contextlib.suppress(psutil.NoSuchProcess):
                 tree_pss = max(tree_pss, _tree_pss_mib(proc))
             main_hwm = max(main_hwm, _hwm_mib(proc.pid))
             time.sleep(0.05)
+        proc.wait()
         seconds = time.perf_counter() - start
         if proc.returncode not in (0, 1):  # 1: some file failed, which predict reports and survives
             log.seek(0)
             sys.exit(f"{command} failed (exit {proc.returncode}):\n{log.read()[-3000:]}")
+    if not memory:
+        return {"seconds": round(seconds, 3)}
     return {
         "seconds": round(seconds, 3),
         "peak_tree_pss_mib": round(tree_pss, 1),
@@ -273,6 +282,10 @@ def main() -> None:
                     best[name] = {**r, "csv": out}
                 t = measure(command(few, tmp / f"{name}-few-{i}.csv"), env)["seconds"]
                 startup[name] = min(startup.get(name, t), t)
+        for name, command in ways.items():  # memory, in runs of its own (sampling slows a run)
+            print(f"{name} on the library, memory sampled ...", file=sys.stderr)
+            r = measure(command(library, tmp / f"{name}-memory.csv"), env, memory=True)
+            best[name].update({k: v for k, v in r.items() if k.startswith("peak_")})
         probs = {name: read_probs(r.pop("csv")) for name, r in best.items()}
         common = sorted(set(probs["sequential"]) & set(probs["predict"]))
         diff = max(np.abs(probs["sequential"][k] - probs["predict"][k]).max() for k in common)
@@ -280,7 +293,7 @@ def main() -> None:
         if not args.no_memory:
             for name in ("sequential", "predict"):
                 print(f"{name} on one 60-minute file ...", file=sys.stderr)
-                memory[name] = measure(ways[name](hour.parent, tmp / f"hour-{name}.csv"), env)
+                memory[name] = measure(ways[name](hour.parent, tmp / f"hour-{name}.csv"), env, memory=True)
 
     n_files = len(probs["predict"])
     hours = audio_seconds(library) / 3600
@@ -312,7 +325,8 @@ def main() -> None:
     print(
         "\nratio: sequential's seconds / this way's; ratio 1t: the same against sequential with one torch"
         " thread.\nstart s: the same run on two clips; ms/file: (seconds - start s) / (files - 2)."
-        "\npeak MiB: highest proportional set size of the process and its children, sampled every 50 ms."
+        "\npeak MiB: highest proportional set size of the process and its children, sampled every 50 ms"
+        " in a run of its own."
     )
     print(f"largest probability difference, sequential vs predict: {diff:.2e} over {len(common)} files")
     for name, r in memory.items():

@@ -105,15 +105,15 @@ def tag_messages(bundle: Bundle, messages: Iterator[Message | None], batch_size:
 
 def default_batch_size(device: torch.device) -> int:
     """Windows per forward pass: 64 on a GPU; 4 on the CPU, where with malloc keeping the heap (see
-    :func:`main`) a window takes 10.5 ms at 4, 11.3 ms at 2 and 12.4 ms at 1 on one core of the 2-core
-    benchmark machine, and bigger batches cost memory (+300 MB at 16)."""
+    :func:`main`) a window takes 9.2 ms at 4, 9.8 ms at 2 and 10.5 ms at 1 on one core of the 2-core
+    benchmark machine (8.9 ms at 8), and bigger batches cost memory (+300 MB at 16)."""
     return 4 if device.type == "cpu" else 64
 
 
 def default_workers(device: torch.device) -> int:
     """Decoding processes: every CPU when the network runs on a GPU; on the CPU two thirds of them (at
     least one), the rest left to torch: decoding a window costs about twice its forward pass there
-    (21 ms against 10.5 ms on one core of the 2-core benchmark machine)."""
+    (16 to 25 ms against 9.2 ms on one core of the 2-core benchmark machine)."""
     cpus = available_cpus()
     return cpus if device.type != "cpu" else max(1, math.ceil(2 * cpus / 3))
 
@@ -297,8 +297,9 @@ def main(argv: list[str] | None = None) -> int:
         model = args.model if args.model is not None else Path(load_params().paths.model)
         bundle = load_bundle(model, device=resolve_device(args.device, source="--device"))
         if bundle.device.type == "cpu":
-            # A forward pass allocates and frees activations of 8-64 MB a window; served from the heap
-            # instead of fresh mmaps, a window takes 10.5 ms instead of 14.7-18 ms (batches of 4).
+            # A forward pass allocates and frees activations of 8-32 MB a window; served from the heap
+            # instead of fresh mmaps, the benchmark's library is tagged 4% faster (and a window took
+            # 10.4 ms instead of 18.8 ms before the ReLUs moved after the max-pools).
             keep_freed_memory(mmap_threshold=128 * 2**20, trim_threshold=256 * 2**20)
         if args.decide and bundle.thresholds is None:
             raise UserError(
