@@ -19,7 +19,6 @@ is never held in memory (MTAT: 4.2 GB) and the disk holds one copy of it.
 from __future__ import annotations
 
 import csv
-import importlib
 import io
 import math
 import multiprocessing as mp
@@ -80,8 +79,6 @@ def read_clips(raw_dir: Path) -> list[Clip]:
 # --- worker side ---------------------------------------------------------------------------------
 
 _STATE: dict[str, Any] = {}
-# Imported up front so the BLAS thread limit covers the libraries they load.
-_PRELOAD = ("mstagger.audio",)
 
 
 def _init_pool_worker(target: RowFile, spec: SpectrogramParams, min_seconds: float) -> None:
@@ -98,8 +95,6 @@ def _init_worker(target: RowFile, spec: SpectrogramParams, min_seconds: float) -
     longer than with one BLAS thread here); parallelism comes from the workers. One thread also makes
     the numbers independent of the worker count (bit-identical outputs).
     """
-    for name in _PRELOAD:
-        importlib.import_module(name)
     keep_freed_memory(**DECODER_MALLOC)
     _STATE["limits"] = threadpool_limits(limits=1)
     _STATE["fd"] = os.open(target.path, os.O_WRONLY)
