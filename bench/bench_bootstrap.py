@@ -6,12 +6,12 @@ there (else a synthetic table of the same size, songs of 1 to 10 clips, tags at 
 The scores are synthetic: a network-like and a baseline-like float32 score per clip and tag (the labels
 plus noise, so the AUCs are about 0.9 and 0.8). Side by side in one run:
 
-- ``reference``: :func:`mstagger.bootstrap.resampled_macro_slow`, the obvious implementation: each
+- ``reference``: :func:`mstagger.evaluation.bootstrap.resampled_macro_slow`, the obvious implementation: each
   resample written out clip by clip and scored with scikit-learn, tag by tag. It runs ``--reference``
   resamples; its time is extrapolated to ``--resamples``.
-- ``vectorised``: :func:`mstagger.bootstrap.resampled_macro` on the same draws (checked to agree with the
-  reference to 1e-12), then ``--resamples`` of them for one model, and ``paired_bootstrap`` of two models
-  (what ``evaluate`` runs: the network and the baseline on the same resamples).
+- ``vectorised``: :func:`mstagger.evaluation.bootstrap.resampled_macro` on the same draws (checked to
+  agree with the reference to 1e-12), then ``--resamples`` of them for one model, and ``paired_bootstrap``
+  of two models (what ``evaluate`` runs: the network and the baseline on the same resamples).
 
 Prints a table (seconds, the ratio to the reference, the load average while it ran: the machine may be
 shared) and writes ``bench/results/bootstrap-cpu.json``. The goal: the two-model bootstrap with 1,000
@@ -30,9 +30,15 @@ from pathlib import Path
 import numpy as np
 
 from common import machine, write_results  # bench/ is on sys.path when this file runs
-from mstagger.bootstrap import draw_songs, paired_bootstrap, resampled_macro, resampled_macro_slow, song_index
-from mstagger.dataset import FOLDER_SPLIT, folder_of, read_annotations, song_key
-from mstagger.labels import merge_synonyms, top_n_tags
+from mstagger.data.labels import merge_synonyms, top_n_tags
+from mstagger.data.mtat import FOLDER_SPLIT, folder_of, read_annotations, song_key
+from mstagger.evaluation.bootstrap import (
+    draw_songs,
+    paired_bootstrap,
+    resampled_macro,
+    resampled_macro_slow,
+    song_index,
+)
 from mstagger.params import load_params
 
 REPO = Path(__file__).resolve().parents[1]

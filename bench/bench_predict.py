@@ -101,7 +101,8 @@ def make_model(path: Path) -> None:
     """An untrained bundle of MTAT's geometry (128 x 628 log-mel, 50 tags), bf16 as training's default."""
     import torch
 
-    from mstagger.bundle import Tagger, save_bundle
+    from mstagger.inference.bundle import save_bundle
+    from mstagger.inference.tagger import Tagger
     from mstagger.model import MultiScaleCNN
     from mstagger.params import SpectrogramParams
 
@@ -119,13 +120,13 @@ def run_sequential(folder: Path, model: Path, device: str, out: Path, threads: i
 
     Decoding is ``librosa.load``, as in peers' scripts and the old predict: the whole file at its own
     rate, then resampled (mstagger's decoder streams, which would flatter this way's memory); the
-    spectrogram is librosa's, as theirs (``mstagger.audio.log_mel`` gives the same numbers).
+    spectrogram is librosa's, as theirs (``mstagger.data.audio.log_mel`` gives the same numbers).
     """
     import librosa
     import torch
 
-    from mstagger.audio import checked
-    from mstagger.bundle import load_bundle
+    from mstagger.data.audio import checked
+    from mstagger.inference.bundle import load_bundle
 
     def log_mel(y: np.ndarray, spec) -> np.ndarray:
         y = librosa.util.fix_length(y, size=(spec.n_frames - 1) * spec.hop_length)
@@ -202,7 +203,7 @@ def read_probs(path: Path) -> dict[str, np.ndarray]:
     with open(path, newline="") as f:
         rows = list(csv.reader(f))
     if rows and rows[0][0] == "path":  # predict's table
-        from mstagger.library import FIXED_COLUMNS
+        from mstagger.inference.library import FIXED_COLUMNS
 
         return {r[0]: np.array(r[len(FIXED_COLUMNS) :], float) for r in rows[1:]}
     return {r[0]: np.array(r[1:], float) for r in rows}
@@ -267,8 +268,8 @@ def main() -> None:
         def predict(folder: Path, out: Path) -> list[str]:
             extra = [] if args.workers is None else ["--workers", str(args.workers)]
             extra += [] if args.batch_size is None else ["--batch-size", str(args.batch_size)]
-            return [sys.executable, "-m", "mstagger.cli", "predict", str(folder), "--model", str(model),
-                    "--device", args.device, "--csv", str(out), *extra]  # fmt: skip
+            return [sys.executable, "-m", "mstagger", "predict", str(folder),
+                    "--model", str(model), "--device", args.device, "--csv", str(out), *extra]  # fmt: skip
 
         ways = {"sequential": sequential(None), "sequential-1t": sequential(1), "predict": predict}
         best: dict[str, dict] = {}

@@ -38,13 +38,14 @@ import torch
 from torch import nn
 
 from common import cpu_model, machine, write_results  # bench/ is on sys.path when this file runs
-from mstagger.batches import DeviceSource, StreamSource, epoch_batches
-from mstagger.bundle import resolve_device
-from mstagger.distributed import World
-from mstagger.metrics import macro_scores
+from mstagger.core.runtime import resolve_device
+from mstagger.evaluation.scores import macro_scores
 from mstagger.model import MultiScaleCNN
 from mstagger.params import load_params
-from mstagger.train import TrainData, build_tagger, make_optimizer, prepare_device, train_epoch, validate
+from mstagger.train import TrainData, build_tagger, make_optimizer, prepare_device
+from mstagger.training.batches import DeviceSource, StreamSource, epoch_batches
+from mstagger.training.distributed import World
+from mstagger.training.epoch import train_epoch, validate
 
 RESULTS = Path(__file__).resolve().parent / "results"
 REPO = Path(__file__).resolve().parents[1]
@@ -219,7 +220,9 @@ class OurLoop:
         train_epoch(self.model, self.optimizer, self.source.batches(batches), len(batches), *args)
 
     def validate(self, rows: np.ndarray) -> None:
-        validate(self.tagger, self.source, self.data, rows, self.params)
+        validate(
+            self.tagger, self.source, self.data.labels, rows, self.params.precision, self.params.batch_size
+        )
 
 
 def timed(device: torch.device, work) -> float:

@@ -11,7 +11,7 @@ import platform
 from pathlib import Path
 from typing import Any
 
-from mstagger.outputs import write_json
+from mstagger.core.outputs import write_json
 
 
 def cpu_model() -> str:

@@ -95,7 +95,7 @@ def build_layout(metadata: Path, layout: Path, seed: int) -> dict:
     import pandas as pd
 
     sys.path.insert(0, str(REPO / "src"))
-    from mstagger.dataset import ANNOTATIONS_FILE, AUDIO_FOLDERS, CSV_FILES
+    from mstagger.data.mtat import ANNOTATIONS_FILE, AUDIO_FOLDERS, CSV_FILES
     from mstagger.demo import generate_demo
     from mstagger.params import DemoParams
 

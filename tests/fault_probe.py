@@ -36,7 +36,8 @@ def prepare_between_writes(flag: Path) -> None:
 def train_mid_bundle_save(flag: Path) -> None:
     import torch
 
-    from mstagger import bundle, train
+    from mstagger import train
+    from mstagger.inference import bundle
 
     real_save = torch.save
 

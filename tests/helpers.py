@@ -1,6 +1,6 @@
 """Shared test helpers: the repository's params.yaml as the base of test parameters; MTAT-format writers.
 
-The writers follow MTAT's published format on their own (not through ``mstagger.dataset``), so the
+The writers follow MTAT's published format on their own (not through ``mstagger.data.mtat``), so the
 readers are tested against the format, not against themselves.
 """
 
@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from mstagger.dataset import CLIP_INFO_COLUMNS
+from mstagger.data.mtat import CLIP_INFO_COLUMNS
 from mstagger.params import Params, params_from_dict
 
 REPO = Path(__file__).resolve().parents[1]

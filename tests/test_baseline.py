@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from mstagger.baseline import band_features, baseline_scores
-from mstagger.util import UserError
+from mstagger.core.errors import UserError
+from mstagger.evaluation.baseline import band_features, baseline_scores
 
 
 def test_baseline_single_class_in_train_gets_prevalence():

@@ -5,7 +5,13 @@ import pickle
 import numpy as np
 import torch
 
-from mstagger.batches import StreamSource, _BatchDataset, choose_device_data, epoch_batches, rank_share
+from mstagger.training.batches import (
+    StreamSource,
+    _BatchDataset,
+    choose_device_data,
+    epoch_batches,
+    rank_share,
+)
 
 N_MELS, N_FRAMES, N_TAGS = 16, 64, 4
 

@@ -1,4 +1,4 @@
-"""Tests of the song-level bootstrap (mstagger.bootstrap) and its place in the evaluate stage."""
+"""Tests of the song-level bootstrap (mstagger.evaluation.bootstrap) and its place in the evaluate stage."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 from helpers import make_params
-from mstagger import bootstrap as bs
 from mstagger import evaluate as ev
-from mstagger.metrics import macro_scores
+from mstagger.evaluation import bootstrap as bs
+from mstagger.evaluation.scores import macro_scores
 from mstagger.params import ParamsError
 
 

@@ -7,8 +7,8 @@ import pandas as pd
 import pytest
 
 from helpers import SHARED_MTAT, write_annotations, write_mtat_table
-from mstagger.dataset import CLIP_INFO_COLUMNS, clip_path, read_annotations, slugify, song_key
-from mstagger.util import UserError
+from mstagger.core.errors import UserError
+from mstagger.data.mtat import CLIP_INFO_COLUMNS, clip_path, read_annotations, slugify, song_key
 
 # ------------------------------------------------------------------------------------ annotations
 

@@ -11,7 +11,8 @@ import pytest
 import soundfile as sf
 from scipy import signal
 
-from mstagger.dataset import ANNOTATIONS_FILE, AUDIO_FOLDERS, CLIP_INFO_COLUMNS, CLIP_INFO_FILE
+from mstagger.data.labels import merge_synonyms
+from mstagger.data.mtat import ANNOTATIONS_FILE, AUDIO_FOLDERS, CLIP_INFO_COLUMNS, CLIP_INFO_FILE
 from mstagger.demo import (
     SPELLINGS,
     Catalogue,
@@ -19,7 +20,6 @@ from mstagger.demo import (
     plan_catalogue,
     synthesise_song,
 )
-from mstagger.labels import merge_synonyms
 from mstagger.params import DemoParams, load_params
 
 MTAT = Path(__file__).resolve().parents[2] / "shared" / "mtat"

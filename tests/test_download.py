@@ -24,14 +24,14 @@ import yaml
 
 from helpers import REPO, SHARED_MTAT, make_params, repo_params_dict
 from mstagger import download
-from mstagger import fetch as fetch_mod
-from mstagger.archive import ArchiveError, extract_zip, open_parts
-from mstagger.dataset import ARCHIVE_PARTS, AUDIO_FOLDERS, CSV_FILES
+from mstagger.core.errors import UserError
+from mstagger.core.outputs import MARKER, marker_text
+from mstagger.data import fetch as fetch_mod
+from mstagger.data.archive import ArchiveError, extract_zip, open_parts
+from mstagger.data.fetch import fetch
+from mstagger.data.mtat import ARCHIVE_PARTS, AUDIO_FOLDERS, CSV_FILES
 from mstagger.download import MTAT_FILES, download_mtat, link_local, make_raw
-from mstagger.fetch import fetch
-from mstagger.outputs import MARKER, marker_text
 from mstagger.params import DownloadParams, load_params
-from mstagger.util import UserError
 
 BACKOFF = 0.01
 

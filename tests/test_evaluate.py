@@ -1,4 +1,4 @@
-"""Tests of the evaluate stage (mstagger.evaluate) and its figures (mstagger.plots) on tiny synthetic data."""
+"""Tests of the evaluate stage and its figures (mstagger.evaluation.plots) on tiny synthetic data."""
 
 from __future__ import annotations
 
@@ -13,9 +13,9 @@ import yaml
 
 from helpers import merged, repo_params_dict
 from mstagger import evaluate as ev
-from mstagger.outputs import MARKER
-from mstagger.plots import PLOT_FILES, plot_training, select_curve_tags
-from mstagger.util import UserError
+from mstagger.core.errors import UserError
+from mstagger.core.outputs import MARKER
+from mstagger.evaluation.plots import PLOT_FILES, plot_training, select_curve_tags
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 TAGS = ["loud", "bright", "absent_in_test", "everywhere_in_test", "unseen_in_train"]
@@ -296,10 +296,10 @@ def test_main_end_to_end(tmp_path, monkeypatch, capsys):
             raise UserError(f"bundle: {path} not found; run `dvc repro train`")
         return FakeBundle(labels)
 
-    from mstagger.bundle import resolve_device
+    from mstagger.core.runtime import resolve_device
 
     fake = types.SimpleNamespace(load_bundle=load_bundle, resolve_device=resolve_device)
-    monkeypatch.setitem(sys.modules, "mstagger.bundle", fake)
+    monkeypatch.setitem(sys.modules, "mstagger.inference.bundle", fake)
     monkeypatch.chdir(tmp_path)
 
     with pytest.raises(SystemExit) as exit_info:
@@ -320,7 +320,8 @@ def test_main_end_to_end(tmp_path, monkeypatch, capsys):
 
 def test_main_with_a_real_bundle(tmp_path, monkeypatch, capsys):
     torch = pytest.importorskip("torch")
-    from mstagger.bundle import Tagger, save_bundle
+    from mstagger.inference.bundle import save_bundle
+    from mstagger.inference.tagger import Tagger
     from mstagger.model import MultiScaleCNN
     from mstagger.params import SpectrogramParams
 

@@ -1,4 +1,4 @@
-"""Tests of the audio front end (mstagger.audio) and the extract stage on tiny generated MP3s."""
+"""Tests of the audio front end (mstagger.data.audio) and the extract stage on tiny generated MP3s."""
 
 from __future__ import annotations
 
@@ -19,12 +19,12 @@ import yaml
 
 from helpers import SHARED_MTAT, repo_params_dict
 from mstagger import extract as extract_mod
-from mstagger import rowfile
-from mstagger.audio import AudioError, clip_log_mel, hann_window, load_audio, log_mel, mel_filterbank
+from mstagger.core.errors import UserError
+from mstagger.core.outputs import MARKER, marker_text
+from mstagger.data import rowfile
+from mstagger.data.audio import AudioError, clip_log_mel, hann_window, load_audio, log_mel, mel_filterbank
 from mstagger.extract import extract, read_clips
-from mstagger.outputs import MARKER, marker_text
 from mstagger.params import SpectrogramParams
-from mstagger.util import UserError
 
 # librosa.load (the reference computation) imports audioread, which imports modules Python 3.13 drops.
 pytestmark = pytest.mark.filterwarnings("ignore:'(aifc|audioop|sunau)' is deprecated:DeprecationWarning")
@@ -162,15 +162,15 @@ def test_log_mel_is_librosas_melspectrogram_bit_for_bit(sample_rate, n_fft, hop,
 
 
 def test_decoding_loads_neither_librosa_nor_torch() -> None:
-    """Decoding processes import mstagger.windows (and extract's, mstagger.audio): NumPy, soundfile and
-    soxr, 37 MB, not librosa's stack (numba, scipy) or torch, each over 200 MB a process."""
-    code = "import sys, mstagger.windows; print(' '.join(sorted(sys.modules)))"
+    """Decoding processes import mstagger.inference.windows (and extract's, mstagger.data.audio): NumPy,
+    soundfile and soxr, 37 MB, not librosa's stack (numba, scipy) or torch, each over 200 MB a process."""
+    code = "import sys, mstagger.inference.windows; print(' '.join(sorted(sys.modules)))"
     loaded = set(
         subprocess.run(
             [sys.executable, "-c", code], capture_output=True, text=True, check=True
         ).stdout.split()
     )
-    assert "mstagger.audio" in loaded
+    assert "mstagger.data.audio" in loaded
     assert not {"librosa", "numba", "scipy", "torch"} & loaded
 
 

@@ -7,8 +7,8 @@ import pandas as pd
 import pytest
 
 from helpers import SHARED_MTAT, repo_params_dict, toy_catalogue, write_annotations
-from mstagger.dataset import read_annotations, read_clip_info
-from mstagger.labels import (
+from mstagger.core.errors import UserError
+from mstagger.data.labels import (
     clip_meta,
     leakage,
     make_split,
@@ -18,8 +18,8 @@ from mstagger.labels import (
     top_n_tags,
     train_stats,
 )
+from mstagger.data.mtat import read_annotations, read_clip_info
 from mstagger.params import ParamsError, SplitParams
-from mstagger.util import UserError
 
 EMPTY_CLIPS = ("35644", "55753", "57881")  # the three 0-byte MP3s of MTAT
 PAPER_SYNONYMS = repo_params_dict()["tags"]["synonyms"]

@@ -6,8 +6,8 @@ import os
 import numpy as np
 import pytest
 
-from mstagger.library import FIXED_COLUMNS, AudioFile, Ledger, find_audio
-from mstagger.util import UserError
+from mstagger.core.errors import UserError
+from mstagger.inference.library import FIXED_COLUMNS, AudioFile, Ledger, find_audio
 
 TAGS = ["guitar", "drum", "piano"]
 

@@ -95,7 +95,7 @@ def test_missing_or_broken_file_is_a_clear_error(tmp_path):
 
 
 def test_stage_prints_one_line_and_exits_2_on_a_bad_param(tmp_path, monkeypatch, capsys):
-    from mstagger.util import stage_main
+    from mstagger.core.log import stage_main
 
     data = {**repo_params_dict(), "spectrogram": {"n_mels": 0}}
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(data))

@@ -26,8 +26,8 @@ import numpy as np
 import pytest
 
 from helpers import sh
-from mstagger.metrics import per_tag_scores
-from mstagger.plots import write_evaluation_plots
+from mstagger.evaluation.plots import write_evaluation_plots
+from mstagger.evaluation.scores import per_tag_scores
 
 ROOT = Path(__file__).resolve().parents[1]
 BROWSERS = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")

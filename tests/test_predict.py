@@ -17,15 +17,16 @@ import pytest
 import soundfile as sf
 import torch
 
-from mstagger import predict as predict_mod
-from mstagger.audio import MEL_DTYPE, load_audio, log_mel
-from mstagger.bundle import Tagger, load_bundle, save_bundle
-from mstagger.cli import main as cli_main
-from mstagger.library import FIXED_COLUMNS
+from mstagger.commands.main import main as cli_main
+from mstagger.data.audio import MEL_DTYPE, load_audio, log_mel
+from mstagger.inference import tagging
+from mstagger.inference.bundle import load_bundle, save_bundle
+from mstagger.inference.library import FIXED_COLUMNS
+from mstagger.inference.tagger import Tagger
+from mstagger.inference.tagging import predict_file
+from mstagger.inference.windows import windows
 from mstagger.model import MultiScaleCNN
 from mstagger.params import SpectrogramParams
-from mstagger.predict import predict_file
-from mstagger.windows import windows
 
 SPEC = SpectrogramParams(n_mels=32, clip_seconds=3.0)  # 66 frames: a tiny network
 TAGS = ["guitar", "drum", "piano"]
@@ -166,7 +167,7 @@ def test_the_command_exits_quickly_with_everything_written(bundle_path, tmp_path
     its table complete, its exit status kept, and no process of it stays behind."""
     songs = [str(tone(tmp_path / f"song{i}.wav", 4.0, hz=300.0 + 50 * i)) for i in range(3)]
     table = tmp_path / "tags.csv"
-    run = [sys.executable, "-m", "mstagger.cli", "predict", "--model", str(bundle_path), *songs]
+    run = [sys.executable, "-m", "mstagger", "predict", "--model", str(bundle_path), *songs]
     env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}  # stdout block-buffered
     done = subprocess.run([*run, "--json"], capture_output=True, text=True, timeout=120, env=env)
     assert done.returncode == 0, done.stderr
@@ -195,7 +196,7 @@ def test_a_killed_run_resumes_and_tags_every_file_once(bundle_path, tmp_path, ca
     for i in range(n):
         tone(lib / f"{i // 10}" / f"song{i:02d}.wav", 12.0, sr=16000, hz=200.0 + 10 * i)
     table = tmp_path / "tags.csv"
-    command = [sys.executable, "-m", "mstagger.cli", "predict", str(lib), "--model", str(bundle_path),
+    command = [sys.executable, "-m", "mstagger", "predict", str(lib), "--model", str(bundle_path),
                "--csv", str(table), "--workers", "1", "--batch-size", "2", "--device", "cpu"]  # fmt: skip
     proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120
@@ -310,6 +311,6 @@ def test_info_prints_what_the_bundle_knows(tmp_path, capsys, monkeypatch):
 def test_default_workers_leave_a_third_of_the_cpus_to_the_network_on_the_cpu(
     monkeypatch, cpus, on_cpu, on_gpu
 ):
-    monkeypatch.setattr(predict_mod, "available_cpus", lambda: cpus)
-    assert predict_mod.default_workers(torch.device("cpu")) == on_cpu
-    assert predict_mod.default_workers(torch.device("cuda")) == on_gpu
+    monkeypatch.setattr(tagging, "available_cpus", lambda: cpus)
+    assert tagging.default_workers(torch.device("cpu")) == on_cpu
+    assert tagging.default_workers(torch.device("cuda")) == on_gpu

@@ -11,8 +11,8 @@ import yaml
 
 from helpers import make_fake_project, make_params, repo_params_dict
 from mstagger import prepare as prep
-from mstagger.outputs import MARKER
-from mstagger.util import UserError
+from mstagger.core.errors import UserError
+from mstagger.core.outputs import MARKER
 
 # ------------------------------------------------------------------------------------ end to end
 

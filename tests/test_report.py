@@ -9,8 +9,8 @@ import sys
 
 import pytest
 
-from mstagger import report
-from mstagger.cli import main as cli_main
+from mstagger.commands import report
+from mstagger.commands.main import main as cli_main
 from test_pipeline import repo as tiny_repo  # noqa: F401 (the module-scoped tiny pipeline run, reused)
 from test_pipeline import sh
 
@@ -119,7 +119,7 @@ def test_report_on_two_real_experiments(tiny_repo):  # noqa: F811
         sh(["dvc", "exp", "run", "-n", f"seed{seed}", "-S", f"seed={seed}"], tiny_repo)
         written[seed] = json.loads((tiny_repo / "metrics" / "test.json").read_text())
     run = subprocess.run(
-        [sys.executable, "-m", "mstagger.report", "--json", "seed1", "seed2"],
+        [sys.executable, "-m", "mstagger.commands.report", "--json", "seed1", "seed2"],
         cwd=tiny_repo,
         capture_output=True,
         text=True,
@@ -138,6 +138,10 @@ def test_report_on_two_real_experiments(tiny_repo):  # noqa: F811
     base = [written[1]["baseline"]["roc_auc"], written[2]["baseline"]["roc_auc"]]
     assert summary["baseline.roc_auc"]["mean"] == pytest.approx(statistics.mean(base))
     text = subprocess.run(
-        [sys.executable, "-m", "mstagger.report"], cwd=tiny_repo, capture_output=True, text=True, check=True
+        [sys.executable, "-m", "mstagger.commands.report"],
+        cwd=tiny_repo,
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout
     assert "seed: 1 (seed1), 2 (seed2)" in text and "metrics/test.json" in text

@@ -21,7 +21,7 @@ import torch
 import yaml
 
 from helpers import tiny_train_data, write_params, write_train_inputs
-from mstagger import checkpoint
+from mstagger.training import checkpoint
 
 EPOCHS = 8
 TRAIN = {"epochs": EPOCHS, "batch_size": 8, "lr_milestones": [4], "precision": "bf16", "device": "cpu"}

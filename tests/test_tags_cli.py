@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from helpers import REPO, SHARED_MTAT, make_fake_project, repo_params_dict
-from mstagger import tags_cli
+from mstagger.commands import tags as tags_cli
 
 # ----------------------------------------------------------------------------------- mstagger tags
 

@@ -9,13 +9,14 @@ import torch
 from sklearn.metrics import f1_score, precision_score, recall_score
 
 from helpers import make_params, tiny_train_data
-from mstagger.bundle import FORMAT, Tagger, load_bundle, save_bundle
+from mstagger.core.errors import UserError
 from mstagger.evaluate import evaluate
-from mstagger.metrics import DEFAULT_THRESHOLD, f1_thresholds, scores_at_thresholds
+from mstagger.evaluation.scores import DEFAULT_THRESHOLD, f1_thresholds, scores_at_thresholds
+from mstagger.inference.bundle import FORMAT, load_bundle, save_bundle
+from mstagger.inference.tagger import Tagger
 from mstagger.model import MultiScaleCNN
 from mstagger.params import SpectrogramParams
 from mstagger.train import train
-from mstagger.util import UserError
 
 
 def brute_force_threshold(truth, score):

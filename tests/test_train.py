@@ -11,12 +11,14 @@ import pytest
 import torch
 
 from helpers import make_params, tiny_train_data
-from mstagger.batches import DeviceSource, StreamSource, epoch_batches
-from mstagger.bundle import load_bundle
-from mstagger.distributed import World
-from mstagger.metrics import macro_scores
-from mstagger.train import build_tagger, lr_at, make_optimizer, selection_key, selects, train, validate
-from mstagger.util import UserError
+from mstagger.core.errors import UserError
+from mstagger.evaluation.scores import macro_scores
+from mstagger.inference.bundle import load_bundle
+from mstagger.train import build_tagger, lr_at, make_optimizer, train
+from mstagger.training.batches import DeviceSource, StreamSource, epoch_batches
+from mstagger.training.distributed import World
+from mstagger.training.epoch import validate
+from mstagger.training.selection import selection_key, selects
 
 N_TAGS = 4
 CPU = torch.device("cpu")
@@ -187,7 +189,7 @@ def test_validation_and_the_loaded_bundle_give_the_same_probabilities(tmp_path, 
     # and the training-time validation of the bundle's weights gives the same probabilities
     params = small_params(precision=precision)
     source = DeviceSource(data.mel, data.labels, rows, CPU)
-    val = validate(bundle.tagger, source, data, rows, params)
+    val = validate(bundle.tagger, source, data.labels, rows, params.precision, params.batch_size)
     assert val["loss"] == pytest.approx(summary["val_loss"], rel=1e-6)
 
 

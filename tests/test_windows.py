@@ -9,9 +9,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from mstagger.audio import MEL_DTYPE, StreamStats, decode_blocks, load_audio, log_mel
-from mstagger.params import SpectrogramParams
-from mstagger.windows import (
+from mstagger.data.audio import MEL_DTYPE, StreamStats, decode_blocks, load_audio, log_mel
+from mstagger.inference.windows import (
     Done,
     Failed,
     Window,
@@ -20,6 +19,7 @@ from mstagger.windows import (
     file_windows,
     windows,
 )
+from mstagger.params import SpectrogramParams
 
 SPEC = SpectrogramParams(n_mels=32, clip_seconds=3.0)  # windows of 65 * 512 samples at 11025 Hz
 WINDOW = (SPEC.n_frames - 1) * SPEC.hop_length

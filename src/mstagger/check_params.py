@@ -16,9 +16,10 @@ from __future__ import annotations
 import zipfile
 from pathlib import Path
 
-from mstagger.outputs import check_replaceable, is_locked_output, stage_metrics, write_json
+from mstagger.core.errors import UserError
+from mstagger.core.log import log, stage_main
+from mstagger.core.outputs import check_replaceable, is_locked_output, stage_metrics, write_json
 from mstagger.params import WHOLE_FOLDERS, Params, load_params
-from mstagger.util import UserError, log, stage_main
 
 # The stamp's content never changes, so the download stage, which depends on it, never reruns for it.
 STAMP = {"params": "params.yaml", "checked": ["keys", "types", "values", "output paths"]}

@@ -25,12 +25,14 @@ from typing import Any
 
 from tqdm import tqdm
 
-from mstagger.archive import ArchiveError, extract_zip, open_parts
-from mstagger.dataset import ARCHIVE_PARTS, AUDIO_FOLDERS, CSV_FILES
-from mstagger.fetch import fetch
-from mstagger.outputs import check_writable, stage_metrics, staged_dir, write_json
+from mstagger.core.disk import disk_guard, file_digest
+from mstagger.core.errors import UserError
+from mstagger.core.log import log, stage_main, timed
+from mstagger.core.outputs import check_writable, stage_metrics, staged_dir, write_json
+from mstagger.data.archive import ArchiveError, extract_zip, open_parts
+from mstagger.data.fetch import fetch
+from mstagger.data.mtat import ARCHIVE_PARTS, AUDIO_FOLDERS, CSV_FILES
 from mstagger.params import DemoParams, DownloadParams, Params, load_params
-from mstagger.util import UserError, disk_guard, file_digest, log, stage_main, timed
 
 # The small CSVs first: a wrong base_url fails in seconds, not after a gigabyte.
 MTAT_FILES = CSV_FILES + ARCHIVE_PARTS
@@ -218,7 +220,7 @@ def make_raw(params: Params, out_dir: Path, backoff: float = 1.0, progress: bool
     """Rebuild ``out_dir`` for ``params.dataset``.
 
     The folder is built in a temporary sibling and renamed into place only when complete; a folder the
-    download did not write is never replaced (:func:`mstagger.outputs.staged_dir`).
+    download did not write is never replaced (:func:`mstagger.core.outputs.staged_dir`).
 
     Args:
         params: all parameters (``dataset``, ``seed``, ``demo``, ``download``).

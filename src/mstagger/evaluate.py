@@ -8,16 +8,16 @@ Reads the log-mel spectrograms (``<features>/mel.npy``, memory-mapped), the labe
   ``roc_auc``);
 - ``<metrics>/test_per_tag.csv``: per tag, in column order: ``tag, positives, roc_auc, pr_auc,
   baseline_roc_auc, baseline_pr_auc`` (an empty cell where a score is undefined);
-- plot data and PNGs under ``<plots>`` (see :mod:`mstagger.plots`).
+- plot data and PNGs under ``<plots>`` (see :mod:`mstagger.evaluation.plots`).
 
 A tag without a positive or without a negative test clip has no ROC-AUC: it is left out of the macro
 averages and counted in ``n_tags_excluded``.
 
 With ``bootstrap_resamples``, ``test.json`` also gets 95% intervals (``roc_auc_ci``, ``pr_auc_ci``, and the
-baseline's), from resampling whole test songs (:mod:`mstagger.bootstrap`), and
+baseline's), from resampling whole test songs (:mod:`mstagger.evaluation.bootstrap`), and
 ``network_beats_baseline``: the share of those resamples in which the network's macro score is higher.
 
-The baseline (:mod:`mstagger.baseline`), a logistic regression per tag on each mel band's mean and
+The baseline (:mod:`mstagger.evaluation.baseline`), a logistic regression per tag on each mel band's mean and
 standard deviation, tells how much the network adds over the clip's average spectrum.
 """
 
@@ -32,15 +32,16 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from mstagger.artifacts import load_inputs
-from mstagger.baseline import CHUNK_CLIPS, fit_baseline
-from mstagger.bootstrap import paired_bootstrap
-from mstagger.dataset import song_key
-from mstagger.metrics import macro_from_table, per_tag_scores, scores_at_thresholds
-from mstagger.outputs import check_replaceable, check_writable, stage_metrics, staged_dir, write_json
+from mstagger.core.errors import UserError
+from mstagger.core.log import log, stage_main, timed
+from mstagger.core.outputs import check_replaceable, check_writable, stage_metrics, staged_dir, write_json
+from mstagger.data.artifacts import load_inputs
+from mstagger.data.mtat import song_key
+from mstagger.evaluation.baseline import CHUNK_CLIPS, fit_baseline
+from mstagger.evaluation.bootstrap import paired_bootstrap
+from mstagger.evaluation.plots import write_csv, write_evaluation_plots
+from mstagger.evaluation.scores import macro_from_table, per_tag_scores, scores_at_thresholds
 from mstagger.params import load_params
-from mstagger.plots import write_csv, write_evaluation_plots
-from mstagger.util import UserError, log, stage_main, timed
 
 Predict = Callable[[np.ndarray], np.ndarray]
 # Fixed, not params.seed: the resamples then depend on the test songs alone, so every experiment (any
@@ -194,7 +195,7 @@ def evaluate(
         ``n_tags_scored``, ``n_tags_excluded`` and ``baseline`` {``roc_auc``, ``pr_auc``}; with
         ``bootstrap_resamples`` also ``roc_auc_ci``, ``pr_auc_ci`` ([low, high], None if undefined, and
         the same in ``baseline``), ``n_songs`` and ``network_beats_baseline`` {``roc_auc``, ``pr_auc``};
-        with ``thresholds``, ``at_thresholds`` (see :func:`mstagger.metrics.scores_at_thresholds`).
+        with ``thresholds``, ``at_thresholds`` (see :func:`mstagger.evaluation.scores.scores_at_thresholds`).
 
     Raises:
         UserError: the inputs do not line up, the test or training split is empty, or the network's
@@ -202,28 +203,62 @@ def evaluate(
     """
     tags = [str(t) for t in tags]
     labels = np.asarray(labels)
-    split = np.asarray(split).astype(str)
+    test_rows, train_rows = split_rows(mel, labels, np.asarray(split).astype(str), tags)
+    y_test = labels[test_rows].astype(np.uint8)
+    net = predict_rows(predict, mel, test_rows, len(tags), chunk)
+    base = fit_baseline(mel, labels, train_rows, test_rows, baseline_c, tags, chunk)
+    test_songs = [str(r) for r in test_rows] if songs is None else np.asarray(songs)[test_rows]
+    result, table = score(y_test, net, base, tags, test_songs, thresholds, bootstrap_resamples)
+    metrics_dir = Path(metrics_dir)
+    write_json(metrics_dir / "test.json", result)
+    write_csv(table, metrics_dir / "test_per_tag.csv")
+    macro = {"roc_auc": result["roc_auc"], "pr_auc": result["pr_auc"]}
+    macro |= {f"baseline_{k}": result["baseline"][k] for k in ("roc_auc", "pr_auc")}
+    with staged_dir(plots_dir, "evaluate", "paths.plots") as staging:
+        write_evaluation_plots(
+            y_test,
+            net,
+            table,
+            staging,
+            curve_tags,
+            train_log_dir=train_log_dir,
+            macro={k: float("nan") if v is None else v for k, v in macro.items()},
+        )
+    return result
+
+
+def split_rows(
+    mel: np.ndarray, labels: np.ndarray, split: np.ndarray, tags: list[str]
+) -> tuple[np.ndarray, np.ndarray]:
+    """The test rows and the training rows (the baseline's), once the inputs are checked to line up."""
     if not (len(mel) == len(labels) == len(split)) or labels.shape[1] != len(tags):
         raise UserError(
             f"inputs disagree: mel {mel.shape}, labels {labels.shape}, split {split.shape}, "
             f"{len(tags)} tags; run `dvc repro`"
         )
-    test_rows = np.flatnonzero(split == "test")
-    train_rows = np.flatnonzero(split == "train")
+    test_rows, train_rows = np.flatnonzero(split == "test"), np.flatnonzero(split == "train")
     if len(test_rows) == 0:
         raise UserError("the test split is empty; check the split parameters (split.*)")
-    y_test = labels[test_rows].astype(np.uint8)
     log.info(
         "%d test clips, %d training clips for the baseline, %d tags",
         len(test_rows),
         len(train_rows),
         len(tags),
     )
+    return test_rows, train_rows
 
-    net = predict_rows(predict, mel, test_rows, len(tags), chunk)
 
-    base = fit_baseline(mel, labels, train_rows, test_rows, baseline_c, tags, chunk)
-
+def score(
+    y_test: np.ndarray,
+    net: np.ndarray,
+    base: np.ndarray,
+    tags: list[str],
+    songs: Sequence[str],
+    thresholds: np.ndarray | None,
+    bootstrap_resamples: int,
+) -> tuple[dict[str, Any], pd.DataFrame]:
+    """Scores of the network's and the baseline's test probabilities (``test.json``) and the per-tag
+    table; writes nothing. See :func:`evaluate` for the keys."""
     table = score_table(y_test, net, base, tags)
     net_macro = macro_from_table(table, "roc_auc", "pr_auc")
     base_macro = macro_from_table(table, "baseline_roc_auc", "baseline_pr_auc")
@@ -237,16 +272,15 @@ def evaluate(
     result: dict[str, Any] = {
         "roc_auc": _number(net_macro["roc_auc"]),
         "pr_auc": _number(net_macro["pr_auc"]),
-        "n_clips": len(test_rows),
+        "n_clips": len(y_test),
         "n_tags_scored": int(net_macro["n_tags_scored"]),
         "n_tags_excluded": int(net_macro["n_tags_excluded"]),
         "baseline": {"roc_auc": _number(base_macro["roc_auc"]), "pr_auc": _number(base_macro["pr_auc"])},
     }
     if bootstrap_resamples:
-        test_songs = [str(r) for r in test_rows] if songs is None else np.asarray(songs)[test_rows]
         with timed() as elapsed:
             boot = paired_bootstrap(
-                y_test, {"network": net, "baseline": base}, test_songs, bootstrap_resamples, BOOTSTRAP_SEED
+                y_test, {"network": net, "baseline": base}, songs, bootstrap_resamples, BOOTSTRAP_SEED
             )
         log.info("%s (%.1f s)", boot.describe("network", "baseline"), elapsed())
         result["baseline"].update(_numbers(boot.intervals("baseline")))
@@ -262,25 +296,7 @@ def evaluate(
             decided["precision_micro"],
             decided["recall_micro"],
         )
-    metrics_dir = Path(metrics_dir)
-    write_json(metrics_dir / "test.json", result)
-    write_csv(table, metrics_dir / "test_per_tag.csv")
-    with staged_dir(plots_dir, "evaluate", "paths.plots") as staging:
-        write_evaluation_plots(
-            y_test,
-            net,
-            table,
-            staging,
-            curve_tags,
-            train_log_dir=train_log_dir,
-            macro={
-                "roc_auc": net_macro["roc_auc"],
-                "pr_auc": net_macro["pr_auc"],
-                "baseline_roc_auc": base_macro["roc_auc"],
-                "baseline_pr_auc": base_macro["pr_auc"],
-            },
-        )
-    return result
+    return result, table
 
 
 def format_summary(result: dict[str, Any], seconds: float) -> str:
@@ -309,7 +325,8 @@ def main() -> None:
     check_writable(paths.metrics)
     check_replaceable(paths.plots, "evaluate", "paths.plots")
     inputs = load_inputs(paths.features, paths.prepared)
-    from mstagger.bundle import load_bundle, resolve_device  # imported here: it pulls in torch
+    from mstagger.core.runtime import resolve_device
+    from mstagger.inference.bundle import load_bundle  # imported here: it pulls in torch
 
     device = str(resolve_device(params.device))
     bundle = load_bundle(paths.model, device=device)

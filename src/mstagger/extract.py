@@ -34,23 +34,17 @@ from typing import Any
 from threadpoolctl import threadpool_limits
 from tqdm import tqdm
 
-from mstagger import rowfile
-from mstagger.artifacts import INDEX_FILE, MEL_FILE, SKIPPED_FILE
-from mstagger.audio import DECODER_MALLOC, MEL_DTYPE, AudioError, load_clip, log_mel
-from mstagger.dataset import ANNOTATIONS_FILE, RUN_DOWNLOAD, read_annotations
-from mstagger.outputs import check_writable, stage_metrics, staged_dir, write_json, write_text
+from mstagger.core.disk import check_free
+from mstagger.core.errors import UserError
+from mstagger.core.log import log, setup_logging, stage_main, timed
+from mstagger.core.outputs import check_writable, stage_metrics, staged_dir, write_json, write_text
+from mstagger.core.system import die_with_parent, keep_freed_memory
+from mstagger.data import rowfile
+from mstagger.data.artifacts import INDEX_FILE, MEL_FILE, SKIPPED_FILE
+from mstagger.data.audio import DECODER_MALLOC, MEL_DTYPE, AudioError, load_clip, log_mel
+from mstagger.data.mtat import ANNOTATIONS_FILE, RUN_DOWNLOAD, read_annotations
+from mstagger.data.rowfile import RowFile
 from mstagger.params import SpectrogramParams, load_params
-from mstagger.rowfile import RowFile
-from mstagger.util import (
-    UserError,
-    check_free,
-    die_with_parent,
-    keep_freed_memory,
-    log,
-    setup_logging,
-    stage_main,
-    timed,
-)
 
 
 @dataclass(frozen=True)

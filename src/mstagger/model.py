@@ -44,9 +44,8 @@ class MaxPoolReLU(nn.MaxPool2d):
     ReLU is monotonic, so it commutes with taking a maximum: the outputs are equal, and so are the
     gradients (the same element wins each pooling window, or the window's output is zero and passes
     none). Applied after the pool, it touches 4-8 times fewer values (the ReLU of the first layer was
-    a pass over 32 MB at batch 4, and again in the backward pass). On one core of the 2-core CPU, a
-    forward pass takes 9.2 ms a window instead of 9.9 (batches of 4); on its two cores, a training
-    step of 32 clips 0.72 s instead of 0.93 to 1.06 s.
+    a pass over 32 MB at batch 4, and again in the backward pass), which makes CPU steps faster
+    (measured in docs/benchmarks.md).
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

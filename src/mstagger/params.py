@@ -17,6 +17,8 @@ from typing import Any
 
 import yaml
 
+from mstagger.core.errors import UserError
+
 PARAMS_FILE = Path("params.yaml")
 DATASETS = ("demo", "mtat")
 SPLIT_METHODS = ("folder", "random", "song", "artist")
@@ -33,7 +35,7 @@ WHOLE_FOLDERS = {
 COMPILE_MODES = ("none", "default", "reduce-overhead", "max-autotune")
 
 
-class ParamsError(ValueError):
+class ParamsError(UserError, ValueError):
     """A parameter is unknown, of the wrong type or out of range; the message names the key."""
 
 

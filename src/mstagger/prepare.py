@@ -2,8 +2,8 @@
 
 Reads MTAT's two CSVs (``paths.raw``) and the extract stage's outputs (``paths.features``); keeps the
 clips that extracted, merges synonyms, keeps the top-N tags, splits, measures leakage and computes the
-normalisation statistics over the training split (:mod:`mstagger.labels` does each step). Writes to
-``paths.prepared`` the files :mod:`mstagger.artifacts` names (``labels.npy``, ``tags.json``,
+normalisation statistics over the training split (:mod:`mstagger.data.labels` does each step). Writes to
+``paths.prepared`` the files :mod:`mstagger.data.artifacts` names (``labels.npy``, ``tags.json``,
 ``split.csv``, ``stats.json``), built in a temporary sibling folder and swapped in whole, so a kill never
 leaves a new split beside old statistics; ``<paths.metrics>/prepare.json`` holds the counts, split
 sizes, leakage and seconds, so ``dvc metrics diff`` shows them.
@@ -22,12 +22,19 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from mstagger import artifacts
-from mstagger.dataset import ANNOTATIONS_FILE, CLIP_INFO_FILE, RUN_DOWNLOAD, read_annotations, read_clip_info
-from mstagger.labels import leakage, split_sizes, tag_and_split, train_stats
-from mstagger.outputs import atomic_path, check_writable, stage_metrics, staged_dir, write_json
+from mstagger.core.errors import UserError
+from mstagger.core.log import log, stage_main, timed
+from mstagger.core.outputs import atomic_path, check_writable, stage_metrics, staged_dir, write_json
+from mstagger.data import artifacts
+from mstagger.data.labels import leakage, split_sizes, tag_and_split, train_stats
+from mstagger.data.mtat import (
+    ANNOTATIONS_FILE,
+    CLIP_INFO_FILE,
+    RUN_DOWNLOAD,
+    read_annotations,
+    read_clip_info,
+)
 from mstagger.params import SplitParams, TagsParams, load_params
-from mstagger.util import UserError, log, stage_main, timed
 
 
 @dataclass
@@ -48,9 +55,9 @@ def extracted_annotations(
     """The annotation rows of the extracted clips, in ``index.csv`` order, checked against the index.
 
     Args:
-        annotations: from :func:`mstagger.dataset.read_annotations`.
-        index: ``index.csv`` (:func:`mstagger.artifacts.read_index`).
-        skipped: ``skipped.csv`` (:func:`mstagger.artifacts.read_skipped`).
+        annotations: from :func:`mstagger.data.mtat.read_annotations`.
+        index: ``index.csv`` (:func:`mstagger.data.artifacts.read_index`).
+        skipped: ``skipped.csv`` (:func:`mstagger.data.artifacts.read_skipped`).
         source: names the annotations file in errors.
 
     Raises:

@@ -43,7 +43,7 @@ The package, in the order the data flows:
 - :mod:`~mstagger.demo.randomness`: the seeded draws the modules share.
 
 MTAT's format itself (file names, folders, the folder split, the CSV lines) comes from
-:mod:`mstagger.dataset`.
+:mod:`mstagger.data.mtat`.
 """
 
 from mstagger.demo.arrangement import synthesise_song

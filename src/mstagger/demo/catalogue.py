@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from mstagger.dataset import AUDIO_FOLDERS, FOLDER_SPLIT, clip_path, slugify
+from mstagger.data.mtat import AUDIO_FOLDERS, FOLDER_SPLIT, clip_path, slugify
 from mstagger.demo.randomness import pick
 from mstagger.demo.styles import STYLES, VARIANTS, Recipe, make_recipe
 from mstagger.params import DemoParams

@@ -13,7 +13,8 @@ import numpy as np
 import soundfile as sf
 from tqdm import tqdm
 
-from mstagger.dataset import (
+from mstagger.core.outputs import atomic_path, write_text
+from mstagger.data.mtat import (
     ANNOTATIONS_FILE,
     AUDIO_FOLDERS,
     CLIP_INFO_COLUMNS,
@@ -25,7 +26,6 @@ from mstagger.dataset import (
 from mstagger.demo.arrangement import synthesise_song
 from mstagger.demo.catalogue import CLIP_SECONDS, Catalogue, Song, plan_catalogue
 from mstagger.demo.instruments import note_template
-from mstagger.outputs import atomic_path, write_text
 from mstagger.params import DemoParams
 
 URL_HOST = "http://demo.mstagger.invalid"  # a reserved, never-resolving host: the demo links nowhere
@@ -45,7 +45,7 @@ def annotations_text(catalogue: Catalogue) -> str:
 def clip_info_text(catalogue: Catalogue) -> str:
     """``clip_info_final.csv``: one row per segment, with empty URL and path where there is no audio.
 
-    The columns and their order are :data:`mstagger.dataset.CLIP_INFO_COLUMNS`; a column the demo
+    The columns and their order are :data:`mstagger.data.mtat.CLIP_INFO_COLUMNS`; a column the demo
     does not fill is a ``KeyError`` here rather than a shifted file.
     """
     lines = [format_line(CLIP_INFO_COLUMNS)]

@@ -1,0 +1,180 @@
+"""Training batches: which clips form each step, and where their spectrograms come from.
+
+The batches of an epoch are a pure function of the seed and the epoch (:func:`epoch_batches`). Two
+sources deliver them, the same batches in the same order, so the choice never changes the result:
+
+- :class:`DeviceSource`: the train and valid spectrograms are copied to the device once, as float16,
+  and every batch is gathered there (no DataLoader, no host copy per step);
+- :class:`StreamSource`: batches are read from the memory-mapped ``mel.npy`` by a DataLoader (worker
+  processes when ``num_workers`` > 0) into pinned memory and copied to the device asynchronously, so
+  host memory stays flat however large the dataset.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+import torch
+
+from mstagger.core.disk import human_size
+from mstagger.core.log import log
+
+# Share of the device's free memory the resident features may take under data_on_device: auto; the
+# rest is for weights, optimiser state and activations (a few GB at batch 32 x 128 x 628).
+DEVICE_SHARE = 0.6
+COPY_CHUNK = 512  # clips copied to the device at a time
+
+
+def epoch_batches(
+    rows: np.ndarray, batch_size: int, seed: int, epoch: int, world_size: int = 1
+) -> list[np.ndarray]:
+    """The global batches of one epoch: ``rows`` shuffled by (seed, epoch), cut into ``batch_size``.
+
+    Each batch is sorted (sequential reads of a memory map; the same order on every data path). A
+    last batch too small to give every process at least two clips is dropped: BatchNorm cannot
+    train on one example.
+
+    Args:
+        rows: the training rows.
+        batch_size: clips per optimisation step, over all processes.
+        seed, epoch: the shuffle is a pure function of these.
+        world_size: data-parallel processes; each takes a share of every batch (:func:`rank_share`).
+    """
+    order = np.random.default_rng([seed, epoch]).permutation(rows)
+    batches = [np.sort(order[i : i + batch_size]) for i in range(0, len(order), batch_size)]
+    return [b for b in batches if len(b) >= 2 * world_size]
+
+
+def rank_share(batch: np.ndarray, rank: int, world_size: int) -> np.ndarray:
+    """The clips of a global batch that process ``rank`` of ``world_size`` trains on (disjoint shares)."""
+    return batch[rank::world_size]
+
+
+def choose_device_data(setting: bool | str, device: torch.device, nbytes: int) -> bool:
+    """Whether the features go on the device: ``data_on_device`` true/false, or auto.
+
+    ``auto`` puts them on a CUDA device when they take at most :data:`DEVICE_SHARE` of its free
+    memory; on the CPU it streams from the memory map (the OS page cache already holds what fits).
+    """
+    if setting != "auto":
+        return bool(setting)
+    if device.type != "cuda":
+        return False
+    free, _ = torch.cuda.mem_get_info(device)
+    fits = nbytes <= DEVICE_SHARE * free
+    if not fits:
+        log.info(
+            "data_on_device auto: the features (%s) exceed %d%% of the %s free on %s; streaming from disk",
+            human_size(nbytes),
+            round(100 * DEVICE_SHARE),
+            human_size(free),
+            device,
+        )
+    return fits
+
+
+class DeviceSource:
+    """The spectrograms and labels of some rows, resident on the device as float16 / float32.
+
+    Args:
+        mel: (clips, n_mels, n_frames) raw log-mel, e.g. the memory map of ``mel.npy``.
+        labels: (clips, n_tags) 0/1.
+        rows: the rows to hold (train and valid).
+        device: where to put them.
+    """
+
+    def __init__(self, mel: np.ndarray, labels: np.ndarray, rows: np.ndarray, device: torch.device) -> None:
+        rows = np.sort(np.asarray(rows, dtype=np.int64))
+        self.slot = np.full(len(mel), -1, dtype=np.int64)  # row of mel -> row of self.mel
+        self.slot[rows] = np.arange(len(rows))
+        self.device = device
+        self.mel = torch.empty((len(rows), *mel.shape[1:]), dtype=torch.float16, device=device)
+        for start in range(0, len(rows), COPY_CHUNK):
+            chunk = np.ascontiguousarray(mel[rows[start : start + COPY_CHUNK]], dtype=np.float16)
+            self.mel[start : start + len(chunk)] = torch.from_numpy(chunk).to(device)
+        self.labels = torch.from_numpy(np.asarray(labels[rows], dtype=np.float32)).to(device)
+
+    @property
+    def nbytes(self) -> int:
+        """Device memory the features and labels take."""
+        return self.mel.numel() * self.mel.element_size() + self.labels.numel() * 4
+
+    def index(self, rows: np.ndarray) -> torch.Tensor:
+        """Positions of ``rows`` (rows of ``mel.npy``) in the resident tensors."""
+        slots = self.slot[rows]
+        if (slots < 0).any():
+            raise KeyError(f"rows {rows[slots < 0][:5].tolist()} are not on the device")
+        return torch.as_tensor(slots, device=self.device)
+
+    def batches(self, batches: list[np.ndarray]) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """(mels float16 (B, M, T), targets float32 (B, n_tags)) per batch, gathered on the device."""
+        for batch in batches:
+            idx = self.index(batch)
+            yield self.mel[idx], self.labels[idx]
+
+    def for_inference(self, rows: np.ndarray) -> tuple[torch.Tensor, np.ndarray]:
+        """What :func:`~mstagger.inference.tagger.predict_logits` takes to score ``rows``: (array, rows)."""
+        return self.mel, self.slot[rows]
+
+
+class _BatchDataset(torch.utils.data.Dataset):
+    """Item ``i`` is batch ``i``: (mels float16 (B, M, T), labels float32 (B, n_tags))."""
+
+    def __init__(self, mel: np.ndarray, labels: np.ndarray, batches: list[np.ndarray]) -> None:
+        self.mel, self.labels, self.batches = mel, labels, batches
+
+    def __getstate__(self) -> dict:
+        # Workers started by spawn/forkserver get this object pickled: send the memmap's path, not
+        # the 4.2 GB it maps (pickling an np.memmap copies its data).
+        state = self.__dict__.copy()
+        if isinstance(self.mel, np.memmap) and self.mel.filename:
+            state["mel"] = str(self.mel.filename)
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        if isinstance(state["mel"], str):
+            state["mel"] = np.load(state["mel"], mmap_mode="r")
+        self.__dict__.update(state)
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        rows = self.batches[i]
+        mels = torch.from_numpy(np.ascontiguousarray(self.mel[rows], dtype=np.float16))
+        return mels, torch.from_numpy(self.labels[rows].astype(np.float32))
+
+
+class StreamSource:
+    """Batches read from the memory map as they are needed, through pinned memory to the device.
+
+    Args:
+        mel: the memory map of ``mel.npy``.
+        labels: (clips, n_tags) 0/1.
+        device: where batches go.
+        num_workers: DataLoader worker processes (0: read in this process, no overlap with compute).
+    """
+
+    def __init__(self, mel: np.ndarray, labels: np.ndarray, device: torch.device, num_workers: int) -> None:
+        self.mel, self.labels, self.device, self.num_workers = mel, labels, device, num_workers
+
+    def batches(self, batches: list[np.ndarray]) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """(mels float16 (B, M, T), targets float32 (B, n_tags)) per batch, on the device."""
+        loader = torch.utils.data.DataLoader(
+            _BatchDataset(self.mel, self.labels, batches),
+            batch_size=None,
+            shuffle=False,
+            num_workers=self.num_workers,
+            pin_memory=self.device.type == "cuda",
+            prefetch_factor=4 if self.num_workers else None,
+            # Its own generator: a DataLoader otherwise draws a seed from the global RNG each epoch,
+            # which would shift the dropout masks and make this path differ from DeviceSource.
+            generator=torch.Generator(),
+        )
+        for mels, target in loader:
+            yield mels.to(self.device, non_blocking=True), target.to(self.device, non_blocking=True)
+
+    def for_inference(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """What :func:`~mstagger.inference.tagger.predict_logits` takes to score ``rows``: (array, rows)."""
+        return self.mel, rows
