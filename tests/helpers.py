@@ -62,7 +62,7 @@ def write_annotations(path: Path, tags: list[str], clips: list[tuple[str, str, l
 
 def write_clip_info(path: Path, clips: list[tuple[str, str, str, str]]) -> Path:
     """clips: (clip_id, artist, album, mp3_path)."""
-    header = list(CLIP_INFO_COLUMNS)  # the real file's columns: tests/test_dataset.py reads ../shared/mtat
+    header = list(CLIP_INFO_COLUMNS)  # the real file's columns: tests/test_mtat.py reads ../shared/mtat
     rows = [[cid, "01", "t", artist, album, "u", "0", "29", "o", mp3] for cid, artist, album, mp3 in clips]
     return write_mtat_table(path, header, rows)
 

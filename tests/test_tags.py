@@ -14,7 +14,7 @@ from mstagger.commands import tags as tags_cli
 # ----------------------------------------------------------------------------------- mstagger tags
 
 
-def test_tags_cli_table_and_json(tmp_path, monkeypatch, capsys):
+def test_tags_table_and_json(tmp_path, monkeypatch, capsys):
     proj = make_fake_project(tmp_path)
     monkeypatch.chdir(tmp_path)
     ann = str(proj["raw"] / "annotations_final.csv")
@@ -48,7 +48,7 @@ def test_tags_cli_table_and_json(tmp_path, monkeypatch, capsys):
     assert sum(report["split_sizes"].values()) == 20  # metadata alone: nothing is dropped
 
 
-def test_tags_cli_bad_file_is_one_error_line(tmp_path, capsys):
+def test_tags_bad_file_is_one_error_line(tmp_path, capsys):
     rc = tags_cli.main(["--annotations", str(tmp_path / "nope.csv"), "--params", str(tmp_path / "none.yaml")])
     assert rc == 2
     err = capsys.readouterr().err.strip().splitlines()
