@@ -373,3 +373,18 @@ def test_report_names_the_protocol_and_warns_when_experiments_mix_protocols(tmp_
     out = capsys.readouterr().out
     assert '  protocol: "pons" (a), "won" (c)' in out
     assert "warning: the experiments are measured on different protocols" in out
+
+
+def test_every_documented_protocol_command_is_valid_and_selects_its_protocol():
+    import re
+    import shlex
+
+    from test_paper_recipe import apply_overrides
+
+    text = (REPO / "docs" / "protocols.md").read_text()
+    commands = re.findall(r"dvc exp run [^`\n]*", text)
+    named = set()
+    for command in commands:
+        p = params_from_dict(apply_overrides(shlex.split(command), repo_params_dict()))
+        named.add(p.protocol)
+    assert named == set(protocol_names())
