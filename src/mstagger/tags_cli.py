@@ -52,7 +52,7 @@ def _parser() -> argparse.ArgumentParser:
         "--split", choices=SPLIT_METHODS, metavar="METHOD", help="custom: folder, random, song or artist"
     )
     p.add_argument("--top-n", type=int, metavar="N", help="custom: tags to keep (default: tags.top_n)")
-    p.add_argument("--seed", type=int, metavar="S", help="split shuffle seed (default: seed)")
+    p.add_argument("--seed", type=int, metavar="S", help="custom: split shuffle seed (default: seed)")
     p.add_argument(
         "--params",
         type=Path,
