@@ -66,7 +66,16 @@ def test_perfect_predictor_and_undefined_tags(tmp_path):
 
     on_disk = json.loads((tmp_path / "metrics" / "test.json").read_text())
     assert on_disk == result
-    assert list(result) == ["roc_auc", "pr_auc", "n_clips", "n_tags_scored", "n_tags_excluded", "baseline"]
+    assert list(result) == [
+        "protocol",
+        "roc_auc",
+        "pr_auc",
+        "n_clips",
+        "n_tags_scored",
+        "n_tags_excluded",
+        "baseline",
+    ]
+    assert result["protocol"] is None  # not given: unknown
     assert set(result["baseline"]) == {"roc_auc", "pr_auc"}
     assert result["roc_auc"] == 1.0 and result["pr_auc"] == 1.0
     assert result["n_clips"] == N_TEST
@@ -276,6 +285,7 @@ def test_load_inputs_checks_files(tmp_path):
 class FakeBundle:
     def __init__(self, labels):
         self.tags = list(reversed(TAGS))  # another order than tags.json: evaluate must realign
+        self.params = {"protocol": "won"}  # the params the model was trained with
         self._predict = oracle(labels)
 
     def predict(self, mels, batch_size=32):
@@ -315,6 +325,7 @@ def test_main_end_to_end(tmp_path, monkeypatch, capsys):
     assert "network" in err and "baseline" in err and f"{N_TEST} test clips" in err
     result = json.loads((tmp_path / "metrics" / "test.json").read_text())
     assert result["roc_auc"] == 1.0 and "seconds" not in result
+    assert result["protocol"] == "won"  # the bundle's, where params.yaml says pons: the model decides
     assert sorted(p.name for p in (tmp_path / "plots").iterdir()) == sorted([*PLOT_FILES, MARKER])
 
 

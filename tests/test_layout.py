@@ -28,6 +28,7 @@ LAYERS: list[set[str]] = [
     {"demo"},
     {"data", "model"},
     {"params"},
+    {"protocols"},  # the published MTAT protocols, which params validates against
     {"core"},
 ]
 # Run as commands, not imported: the pipeline's own tool.
@@ -103,13 +104,18 @@ def test_package_face_imports_nothing_at_import_time() -> None:
 
 
 def _stage_code(stage: str) -> set[str]:
-    """The source files ``python -m mstagger.<stage>`` imports, directly or not (empty package inits,
+    """The source files ``python -m mstagger.<stage>`` imports, directly or not, with the data files
+    beside them that they read (``<module>.json``); empty package inits,
     and the package's lazy face, run no code and are left out: nothing it names loads until used)."""
     files = set()
     for module in closure(f"{PACKAGE}.{stage}", skip=frozenset({PACKAGE})):
         if module == PACKAGE or (is_package_init(module) and module != f"{PACKAGE}.demo"):
             continue
-        files.add(module_file(module).relative_to(ROOT).as_posix())
+        path = module_file(module)
+        files.add(path.relative_to(ROOT).as_posix())
+        data = path.with_suffix(".json")  # a module's data file beside it (protocols.json)
+        if data.is_file():
+            files.add(data.relative_to(ROOT).as_posix())
     return files
 
 
@@ -119,7 +125,7 @@ def _listed_code(deps: list[str]) -> set[str]:
     for dep in deps:
         path = ROOT / dep
         if dep.startswith("src/"):
-            found = [path] if path.is_file() else sorted(path.rglob("*.py"))
+            found = [path] if path.is_file() else sorted(path.rglob("*.py")) + sorted(path.rglob("*.json"))
             assert found, f"dvc.yaml names {dep}, which does not exist"
             files |= {p.relative_to(ROOT).as_posix() for p in found}
     return files

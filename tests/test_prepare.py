@@ -20,9 +20,16 @@ from mstagger.core.outputs import MARKER
 def run_prepare(proj: dict, **overrides):
     tags = {"synonyms": [["guitar", "guitars"]], "top_n": 3}
     split = {"method": "random", "valid_size": 3, "test_size": 4}
-    params = make_params(tags=tags, split=split, seed=0, **overrides)
+    params = make_params(tags=tags, split=split, seed=0, protocol="custom", **overrides)
     return prep.prepare(
-        proj["raw"], proj["features"], params.tags, params.split, params.seed, progress=False, chunk_clips=4
+        proj["raw"],
+        proj["features"],
+        params.tags,
+        params.split,
+        params.seed,
+        protocol=params.protocol,
+        progress=False,
+        chunk_clips=4,
     )
 
 
@@ -96,6 +103,7 @@ def test_main_writes_outputs_and_reports_bad_params(tmp_path, monkeypatch, capsy
     np.save(proj["features"] / "mel.npy", mel)
     params = {
         **repo_params_dict(),
+        "protocol": "custom",
         "seed": 3,
         "tags": {"top_n": 2, "synonyms": [["guitar", "guitars"]]},
         "split": {"method": "song", "valid_size": 2, "test_size": 4},
@@ -104,7 +112,8 @@ def test_main_writes_outputs_and_reports_bad_params(tmp_path, monkeypatch, capsy
     monkeypatch.chdir(tmp_path)
     prep.main()
     err = capsys.readouterr().err
-    assert "prepare: 20 clips read, 1 skipped by extract dropped" in err  # the logger names the stage
+    # the logger names the stage
+    assert "prepare: protocol custom: 20 clips read, 1 skipped by extract dropped" in err
     assert "leakage" in err
     assert "mel bin(s) [1] are constant" in err
     # the counts, sizes, leakage and seconds live in the metrics DVC tracks, not beside the data
@@ -112,6 +121,7 @@ def test_main_writes_outputs_and_reports_bad_params(tmp_path, monkeypatch, capsy
     assert summary["stats_over"]["constant_bins"] == [1]
     assert summary["leakage"]["test_song_in_train"] == 0.0 and summary["seconds"] >= 0
     assert summary["clips_kept"] == 18 and summary["split_method"] == "song"
+    assert summary["protocol"] == "custom" and summary["protocol_mtat_sizes"] is None
     assert np.load(tmp_path / "data" / "prepared" / "labels.npy").shape == (18, 2)
     assert sorted(p.name for p in (tmp_path / "data" / "prepared").iterdir()) == sorted(
         [MARKER, "labels.npy", "tags.json", "split.csv", "stats.json"]

@@ -129,7 +129,7 @@ def test_a_kill_in_the_middle_of_a_checkpoint_write_leaves_a_whole_checkpoint(tm
     path = tmp_path / "ckpt.pt"
     writer = (
         "import sys, torch\n"
-        "from mstagger import checkpoint\n"
+        "from mstagger.training import checkpoint\n"
         "print('imported', flush=True)\n"
         "i = 0\n"
         "while True:\n"

@@ -170,6 +170,7 @@ def evaluate(
     thresholds: np.ndarray | None = None,
     songs: Sequence[str] | None = None,
     bootstrap_resamples: int = 0,
+    protocol: str | None = None,
 ) -> dict[str, Any]:
     """Score the network and the baseline on the test split and write metrics and plots.
 
@@ -189,10 +190,12 @@ def evaluate(
         thresholds: (tags,) the model's decision thresholds in ``tags`` order (None: not scored).
         songs: (clips,) each clip's song key, for the bootstrap (None: every clip its own song).
         bootstrap_resamples: song resamples for the intervals (0: no intervals).
+        protocol: the protocol the scores are measured on (``params.yaml`` ``protocol``), written first
+            into ``test.json`` so that a score is never read without it (None: unknown, an old bundle).
 
     Returns:
-        The content of ``test.json``: ``roc_auc``, ``pr_auc`` (None if no tag is scorable), ``n_clips``,
-        ``n_tags_scored``, ``n_tags_excluded`` and ``baseline`` {``roc_auc``, ``pr_auc``}; with
+        The content of ``test.json``: ``protocol``, ``roc_auc``, ``pr_auc`` (None if no tag is scorable),
+        ``n_clips``, ``n_tags_scored``, ``n_tags_excluded`` and ``baseline`` {``roc_auc``, ``pr_auc``}; with
         ``bootstrap_resamples`` also ``roc_auc_ci``, ``pr_auc_ci`` ([low, high], None if undefined, and
         the same in ``baseline``), ``n_songs`` and ``network_beats_baseline`` {``roc_auc``, ``pr_auc``};
         with ``thresholds``, ``at_thresholds`` (see :func:`mstagger.evaluation.scores.scores_at_thresholds`).
@@ -209,6 +212,7 @@ def evaluate(
     base = fit_baseline(mel, labels, train_rows, test_rows, baseline_c, tags, chunk)
     test_songs = [str(r) for r in test_rows] if songs is None else np.asarray(songs)[test_rows]
     result, table = score(y_test, net, base, tags, test_songs, thresholds, bootstrap_resamples)
+    result = {"protocol": protocol, **result}  # first: a score is never read without its protocol
     metrics_dir = Path(metrics_dir)
     write_json(metrics_dir / "test.json", result)
     write_csv(table, metrics_dir / "test_per_tag.csv")
@@ -360,6 +364,7 @@ def main() -> None:
             thresholds=thresholds,
             songs=[song_key(p) for p in inputs.mp3_path],
             bootstrap_resamples=params.evaluate.bootstrap_resamples,
+            protocol=bundle.params.get("protocol"),  # what the model was trained and prepared under
         )
         seconds = elapsed()
     summary = {"test_clips": result["n_clips"], "tags_scored": result["n_tags_scored"], "device": device}

@@ -18,6 +18,7 @@ from typing import Any
 import yaml
 
 from mstagger.core.errors import UserError
+from mstagger.protocols import CUSTOM, fixed_values, paper_synonyms, protocol_names, protocols
 
 PARAMS_FILE = Path("params.yaml")
 DATASETS = ("demo", "mtat")
@@ -162,7 +163,7 @@ class ExtractParams:
 @dataclass(frozen=True)
 class TagsParams:
     top_n: int = 50
-    synonyms: list[list[str]] = field(default_factory=list)  # params.yaml holds the paper's 29 groups
+    synonyms: list[list[str]] = field(default_factory=paper_synonyms)  # the paper's 29 groups
 
     def _check(self, key: str) -> None:
         if self.top_n < 1:
@@ -220,6 +221,7 @@ class EvaluateParams:
 class Params:
     paths: PathsParams
     dataset: str = "demo"
+    protocol: str = "pons"
     seed: int = 1337
     lr: float = 1.0e-3
     epochs: int = 40
@@ -246,6 +248,9 @@ class Params:
     def _check(self, key: str) -> None:
         if self.dataset not in DATASETS:
             _fail("dataset", f"must be one of {', '.join(DATASETS)}, got {self.dataset!r}")
+        if self.protocol not in protocol_names():
+            _fail("protocol", f"must be one of {', '.join(protocol_names())}, got {self.protocol!r}")
+        self._check_protocol_keys()
         if self.seed < 0:
             _fail("seed", f"must be non-negative, got {self.seed}")
         if not (self.lr > 0 and math.isfinite(self.lr)):
@@ -285,6 +290,35 @@ class Params:
             _fail("compile", f"must be one of {', '.join(COMPILE_MODES)}, got {self.compile!r}")
         if self.nproc_per_node < 1:
             _fail("nproc_per_node", f"must be at least 1, got {self.nproc_per_node}")
+
+    def _check_protocol_keys(self) -> None:
+        """Under a named protocol, ``tags.*`` and ``split.*`` keep their defaults or the protocol's values.
+
+        ``params.yaml`` always holds those sections (``dvc exp run -S`` edits existing keys), so a key
+        counts as set when its value differs from the default; a set key that differs from what the
+        protocol fixes would be silently ignored, so it is an error naming both keys.
+        """
+        if self.protocol == CUSTOM:
+            return
+        fixed = fixed_values(protocols()[self.protocol])
+        defaults = {"tags": TagsParams(), "split": SplitParams()}
+        for key, wanted in fixed.items():
+            section, name = key.split(".")
+            value = getattr(getattr(self, section), name)
+            if value in (getattr(defaults[section], name), wanted):
+                continue
+            shown = f"{len(value)} synonym groups" if name == "synonyms" else repr(value)
+            if wanted is None:
+                fixes = "its folder split uses no sizes"
+            elif name == "synonyms":
+                fixes = f"it merges {len(wanted)} synonym groups" if wanted else "it merges no synonyms"
+            else:
+                fixes = f"it fixes {wanted!r}"
+            _fail(
+                key,
+                f"{shown} conflicts with protocol: {self.protocol} ({fixes}); set protocol: custom to "
+                f"use {section}.*, or put {key} back to its default",
+            )
 
 
 def _type_name(tp: Any) -> str:
@@ -391,11 +425,22 @@ def params_from_dict(data: dict[str, Any]) -> Params:
     return _build("", data, Params)
 
 
-def load_params(path: str | Path = PARAMS_FILE) -> Params:
+# A stand-in for ``paths`` when a partial file (a command that writes nothing) leaves it out.
+_NO_PATHS = {f.name: f.name for f in fields(PathsParams)}
+
+
+def default_params() -> Params:
+    """Every key at its default (``paths`` a stand-in): for commands that read and write no pipeline path."""
+    return params_from_dict({"paths": _NO_PATHS})
+
+
+def load_params(path: str | Path = PARAMS_FILE, *, partial: bool = False) -> Params:
     """Read and validate ``params.yaml``.
 
     Args:
         path: the YAML file.
+        partial: the file may set only some keys; the others take their defaults (``paths``, which has
+            none, a stand-in: for commands that read and write no pipeline path).
 
     Returns:
         The validated :class:`Params`.
@@ -412,4 +457,6 @@ def load_params(path: str | Path = PARAMS_FILE) -> Params:
         data = yaml.safe_load(text)
     except yaml.YAMLError as err:
         raise ParamsError(f"params: {path} is not valid YAML: {err}") from None
+    if partial and isinstance(data, dict | None):
+        data = {"paths": _NO_PATHS, **(data or {})}
     return params_from_dict(data or {})

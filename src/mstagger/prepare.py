@@ -26,10 +26,12 @@ from mstagger.core.errors import UserError
 from mstagger.core.log import log, stage_main, timed
 from mstagger.core.outputs import atomic_path, check_writable, stage_metrics, staged_dir, write_json
 from mstagger.data import artifacts
-from mstagger.data.labels import leakage, split_sizes, tag_and_split, train_stats
+from mstagger.data.labels import leakage, recipe, split_sizes, tag_and_split, train_stats
 from mstagger.data.mtat import (
     ANNOTATIONS_FILE,
     CLIP_INFO_FILE,
+    KNOWN_EMPTY_CLIPS,
+    MTAT_CLIPS,
     RUN_DOWNLOAD,
     read_annotations,
     read_clip_info,
@@ -95,6 +97,7 @@ def prepare(
     split: SplitParams,
     seed: int,
     *,
+    protocol: str = "custom",
     chunk_clips: int = 64,
     progress: bool = True,
 ) -> Prepared:
@@ -103,9 +106,10 @@ def prepare(
     Args:
         raw_dir: ``paths.raw`` (MTAT's ``annotations_final.csv`` and ``clip_info_final.csv``).
         features_dir: ``paths.features`` (``index.csv``, ``skipped.csv``, ``mel.npy``).
-        tags: the ``tags`` section.
-        split: the ``split`` section.
+        tags: the ``tags`` section (used under ``protocol: custom``).
+        split: the ``split`` section (likewise).
         seed: the split's shuffle seed.
+        protocol: ``params.yaml`` ``protocol``: a named protocol's tags, split and drops, or ``custom``.
         chunk_clips: clips per step of the statistics pass.
         progress: show a progress bar for the statistics pass.
 
@@ -126,25 +130,49 @@ def prepare(
         if len(index) == 0:
             raise UserError(f"{Path(features_dir) / artifacts.INDEX_FILE} lists no clip; nothing to prepare")
         kept = extracted_annotations(annotations, index, skipped, str(raw_dir / ANNOTATIONS_FILE))
-        found = tag_and_split(kept, clip_info, tags, split, seed)
+        rules = recipe(protocol, tags, split)
+        found = tag_and_split(kept, clip_info, rules, seed)
         train_rows = index["row"].to_numpy()[(found.split == "train").to_numpy()]
         mean, std = train_stats(mel, train_rows, chunk_clips=chunk_clips, progress=progress)
         flat = [int(b) for b in np.flatnonzero(std < 1e-6)]
         if flat:
             log.warning("mel bin(s) %s are constant over the training clips (std < 1e-6)", flat)
         n_skipped = int(annotations["clip_id"].isin(set(skipped["clip_id"])).sum())
+        sizes = split_sizes(found.split)
+        if found.left_out:
+            log.warning(
+                "protocol %s: %d of its tags never occur here and are left out: %s",
+                protocol,
+                len(found.left_out),
+                ", ".join(found.left_out),
+            )
+        if rules.mtat_sizes and len(annotations) == MTAT_CLIPS and sizes != rules.mtat_sizes:
+            log.warning(
+                "protocol %s: split sizes %s differ from its published %s on MTAT: extract skipped %d "
+                "clips (MTAT has %d known-empty ones; see %s)",
+                protocol,
+                sizes,
+                rules.mtat_sizes,
+                n_skipped,
+                len(KNOWN_EMPTY_CLIPS),
+                artifacts.SKIPPED_FILE,
+            )
         summary = {
+            "protocol": protocol,
             "clips_read": len(annotations),
             "skipped_dropped": n_skipped,
             "not_extracted_dropped": len(annotations) - len(index) - n_skipped,
-            "clips_kept": len(index),
+            "protocol_dropped": found.dropped,
+            "clips_kept": sum(sizes.values()),
             "tags_read": len(found.tags_read),
-            "synonym_groups_merged": len(tags.synonyms),
+            "synonym_groups_merged": len(rules.synonyms),
             "tags_after_merge": found.merged.shape[1],
             "tags_kept": len(found.top),
-            "split_method": split.method,
-            "seed": seed,
-            "split_sizes": split_sizes(found.split),
+            "tags_left_out": found.left_out,
+            "split_method": rules.split.method,
+            "seed": seed if rules.split_seed is None else rules.split_seed,  # the split's
+            "split_sizes": sizes,
+            "protocol_mtat_sizes": rules.mtat_sizes or None,
             "leakage": leakage(found.meta, found.split),
             "stats_over": {
                 "clips": len(train_rows),
@@ -183,11 +211,15 @@ def write_outputs(result: Prepared, folder: str | Path) -> None:
 def log_summary(summary: dict[str, Any], tags: Sequence[tuple[str, int]]) -> None:
     """Say on stderr what the stage did."""
     s, sizes, leaks = summary, summary["split_sizes"], summary["leakage"]
+    by_rule = ", ".join(f"{n} {rule}" for rule, n in s["protocol_dropped"].items() if n) or "none"
     log.info(
-        "%d clips read, %d skipped by extract dropped, %d not extracted dropped, %d kept",
+        "protocol %s: %d clips read, %d skipped by extract dropped, %d not extracted dropped, "
+        "dropped by the protocol: %s; %d kept",
+        s["protocol"],
         s["clips_read"],
         s["skipped_dropped"],
         s["not_extracted_dropped"],
+        by_rule,
         s["clips_kept"],
     )
     log.info(
@@ -225,7 +257,9 @@ def main() -> None:
     metrics = stage_metrics(paths.metrics, "prepare")
     check_writable(metrics.parent)
     with staged_dir(paths.prepared, "prepare", "paths.prepared") as staging:
-        result = prepare(paths.raw, paths.features, params.tags, params.split, params.seed)
+        result = prepare(
+            paths.raw, paths.features, params.tags, params.split, params.seed, protocol=params.protocol
+        )
         write_outputs(result, staging)
     write_json(metrics, result.summary)
     log_summary(result.summary, result.tags)

@@ -1,10 +1,11 @@
 """``mstagger info [MODEL]``: what a model bundle knows about itself.
 
-The data it was trained on (and a warning when that is the synthetic demo), the split, the training
-run (epochs, the kept epoch and its validation scores, precision, git revision), its input, and its tags
-with their decision thresholds. The bundle cannot know its test scores (``evaluate`` runs after it is
-written); they are shown when ``dvc.lock`` records that ``metrics/test.json`` was computed from this very
-file (same MD5), and said to be unknown otherwise.
+The data it was trained on (and a warning when that is the synthetic demo), the protocol its scores
+are measured on (``params.yaml`` ``protocol``; a bundle from before protocols records none), the split,
+the training run (epochs, the kept epoch and its validation scores, precision, git revision), its
+input, and its tags with their decision thresholds. The bundle cannot know its test scores
+(``evaluate`` runs after it is written); they are shown when ``dvc.lock`` records that
+``metrics/test.json`` was computed from this very file (same MD5), and said to be unknown otherwise.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from mstagger.core.errors import guarded
 from mstagger.inference.bundle import FORMAT, Bundle, load_bundle
 from mstagger.inference.library import model_id
 from mstagger.params import load_params
+from mstagger.protocols import CUSTOM, protocols
 
 LOCK_FILE = "dvc.lock"
 
@@ -57,9 +59,21 @@ def evaluated_scores(model: str | Path, search: list[Path] | None = None) -> tup
     return None, f"the test scores that {lock} records are not in the workspace; run `dvc repro evaluate`"
 
 
+def _protocol(params: dict[str, Any]) -> tuple[str | None, str, str | None]:
+    """(protocol name or None when not recorded, what it is, its split method) from a bundle's params."""
+    name = params.get("protocol")
+    custom_split = params.get("split", {}).get("method")
+    if name is None:
+        return None, "not recorded (the bundle predates protocols: its tags.* and split.*)", custom_split
+    if name == CUSTOM or name not in protocols():
+        return name, "tags.* and split.* of its params", custom_split
+    return name, protocols()[name].summary, protocols()[name].method
+
+
 def describe(bundle: Bundle, path: Path) -> dict[str, Any]:
     """Everything ``info`` reports, as plain data (what ``--json`` prints)."""
     params, training = bundle.params, bundle.training
+    protocol, protocol_summary, split = _protocol(params)
     test, test_source = evaluated_scores(path)
     spec = bundle.spectrogram
     thresholds = None if bundle.thresholds is None else [round(float(t), 6) for t in bundle.thresholds]
@@ -69,7 +83,9 @@ def describe(bundle: Bundle, path: Path) -> dict[str, Any]:
         "id": model_id(path),
         "bytes": path.stat().st_size,
         "dataset": params.get("dataset"),
-        "split": params.get("split", {}).get("method"),
+        "protocol": protocol,
+        "protocol_summary": protocol_summary,
+        "split": split,
         "seed": params.get("seed"),
         "epochs": training.get("epochs"),
         "best_epoch": training.get("best_epoch"),
@@ -103,6 +119,7 @@ def format_info(info: dict[str, Any]) -> str:
     lines = [
         f"{info['model']}  ({info['format']}, id {info['id']}, {human_size(info['bytes'])})",
         f"  dataset        {dataset}",
+        f"  protocol       {info['protocol'] or 'custom'}: {info['protocol_summary']}",
         f"  split          {info['split']} (seed {info['seed']})",
         f"  training       {info['epochs']} epochs, kept epoch {info['best_epoch']}: validation ROC-AUC "
         f"{_score(val['roc_auc'])}, PR-AUC {_score(val['pr_auc'])}; precision {info['precision']}",

@@ -5,7 +5,8 @@ configuration with several seeds (``dvc exp run --queue -S seed=1,2,3,4,5``, the
 and this command summarises them: it reads ``dvc exp show --json`` (run in the current folder, or a
 saved copy given with ``--from``), keeps the finished experiments (all of them, or those named), and
 prints, per metrics file, every numeric metric's count, mean, sample standard deviation (n - 1), min and
-max, after the params that differ between the selected experiments. Lists (the bootstrap intervals)
+max, after the protocol and the params that differ between the selected experiments (with a warning
+when the protocols differ: scores of different protocols do not pool). Lists (the bootstrap intervals)
 and text are not summarised.
 """
 
@@ -158,10 +159,18 @@ def format_report(experiments: Sequence[Experiment]) -> str:
     """The printed report: the experiments, the params that differ, the metrics table."""
     lines = [f"{len(experiments)} experiments: {', '.join(e.name for e in experiments)}"]
     differ = differing_params(experiments)
+    protocols = {e.params.get("protocol") for e in experiments}
+    if len(protocols) == 1 and None not in protocols:
+        lines.append(f"protocol: {protocols.pop()} (every experiment)")
     lines.append("params that differ:" if differ else "params: the same in every experiment")
     for key, values in differ.items():
         shown = (f"{json.dumps(v)} ({e.name})" for v, e in zip(values, experiments, strict=True))
         lines.append(f"  {key}: " + ", ".join(shown))
+    if "protocol" in differ:
+        lines.append(
+            "warning: the experiments are measured on different protocols; their scores are not "
+            "comparable, and the table below pools them: name the experiments of one protocol"
+        )
     table = summarise(experiments)
     width = max([len(k) for keys in table.values() for k in keys] + [6]) + 2
     lines.append(f"{'metric':<{width}}{'n':>3}{'mean':>10}{'std':>10}{'min':>10}{'max':>10}")

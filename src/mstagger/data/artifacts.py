@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from mstagger.core.errors import UserError
-from mstagger.data.mtat import SPLITS, read_table
+from mstagger.data.mtat import DROPPED, SPLITS, read_table
 
 MEL_FILE = "mel.npy"
 INDEX_FILE = "index.csv"
@@ -35,7 +35,7 @@ class StageInputs:
     Attributes:
         mel: (clips, n_mels, n_frames) raw log-mel, usually a read-only memmap.
         labels: (clips, tags) 0/1.
-        split: (clips,) ``train``, ``valid`` or ``test``.
+        split: (clips,) ``train``, ``valid``, ``test`` or ``dropped`` (a clip the protocol leaves out).
         tags: tag names in label column order.
         mp3_path: (clips,) each clip's MTAT path (it names the clip's song).
     """
@@ -96,9 +96,9 @@ def load_inputs(features_dir: str | Path, prepared_dir: str | Path) -> StageInpu
     if not np.array_equal(index["clip_id"].to_numpy(), split_table["clip_id"].to_numpy()):
         raise UserError(f"{split_path} is not aligned with {index_path}; run `dvc repro prepare`")
     split = split_table["split"].to_numpy(dtype=str)
-    unknown = sorted(set(split) - set(SPLITS))
+    unknown = sorted(set(split) - {*SPLITS, DROPPED})
     if unknown:
-        raise UserError(f"{split_path} has unknown split names {unknown}; expected {SPLITS}")
+        raise UserError(f"{split_path} has unknown split names {unknown}; expected {(*SPLITS, DROPPED)}")
     mp3_path = index["mp3_path"].to_numpy(dtype=str)
     return StageInputs(mel=mel, labels=labels, split=split, tags=tags, mp3_path=mp3_path)
 

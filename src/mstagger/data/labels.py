@@ -7,21 +7,33 @@
   / test by one of ``split.method``; :func:`leakage` measures how much test shares with train;
 - :func:`train_stats` computes the per-mel-bin normalisation statistics over the training clips.
 
-:func:`tag_and_split` chains the first four, the sequence ``prepare`` and ``mstagger tags`` share.
+:func:`recipe` turns ``protocol`` (a named protocol of :mod:`mstagger.protocols`, or ``custom``'s
+``tags.*`` and ``split.*``) into the rules :func:`tag_and_split` applies: the drops, the merge, the tag
+list and the split, the sequence ``prepare`` and ``mstagger tags`` share.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
 from mstagger.core.errors import UserError
-from mstagger.data.mtat import FOLDER_SPLIT, SPLITS, folder_of, name_fields, song_key
+from mstagger.data.mtat import (
+    DROPPED,
+    FOLDER_SPLIT,
+    KNOWN_EMPTY_CLIPS,
+    SPLITS,
+    folder_of,
+    listed_clips,
+    name_fields,
+    song_key,
+)
 from mstagger.params import SPLIT_METHODS, ParamsError, SplitParams, TagsParams
+from mstagger.protocols import CUSTOM, protocol_names, protocols
 
 # -------------------------------------------------------------------------------------------- tags
 
@@ -317,14 +329,90 @@ def train_stats(
 
 
 @dataclass(frozen=True)
+class Recipe:
+    """What :func:`tag_and_split` applies: a named protocol's rules, or ``custom``'s tags.* and split.*."""
+
+    protocol: str  # a name of protocols.json, or "custom"
+    synonyms: list[list[str]]
+    top_n: int
+    tag_list: tuple[str, ...] | None  # the fixed list in published order, or None: top_n by count
+    split: SplitParams  # for a random protocol split, the MTAT counts (see split_for)
+    train: int | None  # a random protocol split: train clips on MTAT (test gets the rest)
+    split_seed: int | None  # a protocol's fixed shuffle seed (None: params.yaml seed)
+    drop_untagged: bool
+    drop_clips: dict[str, str]  # clip id -> mp3_path
+    mtat_sizes: dict[str, int]  # the protocol's train / valid / test on MTAT ({} for custom)
+
+    def split_for(self, n: int) -> SplitParams:
+        """The split parameters for ``n`` clips.
+
+        A random protocol split (``paper``) fixes MTAT's counts (18,000 / 2,000 / the rest); a dataset too
+        small for them (the demo) gets the same shares of its clips.
+        """
+        if self.train is None or self.split.method != "random":
+            return self.split
+        valid = self.split.valid_size
+        if n > self.train + valid:
+            return replace(self.split, test_size=float(n - self.train - valid))
+        total = sum(self.mtat_sizes.values())
+        return replace(self.split, valid_size=valid / total, test_size=1 - (self.train + valid) / total)
+
+
+def recipe(protocol: str, tags: TagsParams, split: SplitParams) -> Recipe:
+    """The rules of ``protocol`` (``params.yaml`` ``protocol``); ``custom`` takes ``tags`` and ``split``.
+
+    Raises:
+        ParamsError: an unknown protocol name.
+    """
+    if protocol == CUSTOM:
+        return Recipe(CUSTOM, tags.synonyms, tags.top_n, None, split, None, None, False, {}, {})
+    if protocol not in protocols():
+        raise ParamsError(f"params: protocol: must be one of {', '.join(protocol_names())}, got {protocol!r}")
+    p = protocols()[protocol]
+    valid = float(p.valid) if p.valid is not None else SplitParams().valid_size
+    test = float(p.mtat_sizes["test"]) if p.method == "random" else SplitParams().test_size
+    return Recipe(
+        protocol=p.name,
+        synonyms=[list(g) for g in p.synonyms],
+        top_n=p.top_n,
+        tag_list=p.tags,
+        split=SplitParams(p.method, valid, test),
+        train=p.train,
+        split_seed=p.seed,
+        drop_untagged=p.drop_untagged,
+        drop_clips=p.drop_clips,
+        mtat_sizes=p.mtat_sizes,
+    )
+
+
+def fixed_list_tags(merged: pd.DataFrame, tag_list: Sequence[str]) -> tuple[list[tuple[str, int]], list[str]]:
+    """A protocol's fixed tag list over ``merged``: ``(kept, left_out)``.
+
+    Args:
+        merged: 0/1 tag columns of the clips the protocol keeps.
+        tag_list: the list in its published order.
+
+    Returns:
+        ``(name, count)`` of the listed tags that are columns with at least one positive clip, in the
+        list's order (on MTAT: all of them), and the names left out (on the demo, the tags it never uses).
+    """
+    counts = merged.sum(axis=0).astype(np.int64)
+    kept = [(name, int(counts[name])) for name in tag_list if name in counts.index and counts[name] > 0]
+    left_out = [name for name in tag_list if name not in dict(kept)]
+    return kept, left_out
+
+
+@dataclass(frozen=True)
 class TaggedSplit:
     """What :func:`tag_and_split` found, rows in the order of the clips it was given."""
 
     tags_read: list[str]  # tag columns of the annotations, in file order
     merged: pd.DataFrame  # 0/1 columns after merging synonyms
-    top: list[tuple[str, int]]  # the kept tags: (name, count), count descending
+    top: list[tuple[str, int]]  # the kept tags: (name, count over the kept clips), in label column order
     meta: pd.DataFrame  # clip_id, mp3_path, song, album, artist
-    split: pd.Series  # "train" / "valid" / "test"
+    split: pd.Series  # "train" / "valid" / "test", or "dropped" for a clip the protocol drops
+    dropped: dict[str, int]  # clips dropped, by rule: known_empty, listed, untagged
+    left_out: list[str]  # tags of a fixed list the clips never use (the demo), else []
 
     def labels(self) -> np.ndarray:
         """(clips, kept tags) uint8 0/1, columns in ``top`` order."""
@@ -332,24 +420,49 @@ class TaggedSplit:
 
 
 def tag_and_split(
-    clips: pd.DataFrame, clip_info: pd.DataFrame | None, tags: TagsParams, split: SplitParams, seed: int
+    clips: pd.DataFrame, clip_info: pd.DataFrame | None, rules: Recipe, seed: int
 ) -> TaggedSplit:
-    """Merge synonyms, rank the tags and split the clips: the steps ``prepare`` and ``mstagger tags`` share.
+    """Drop, merge, choose the tags and split the clips: the steps ``prepare`` and ``mstagger tags`` share.
+
+    In order: MTAT's known-empty clips and the protocol's listed clips are dropped; synonyms are merged;
+    the tags are the protocol's fixed list (the listed tags the clips use, in the published order) or the
+    ``top_n`` most frequent; clips without any kept tag are dropped where the protocol says so; the rest
+    is split.
 
     Args:
         clips: annotation rows (``clip_id``, the tag columns, ``mp3_path``), in output order.
         clip_info: from :func:`mstagger.data.mtat.read_clip_info`, or None to take artists and albums
             from the file names.
-        tags: the ``tags`` section (``synonyms``, ``top_n``).
-        split: the ``split`` section.
-        seed: the split's shuffle seed.
+        rules: from :func:`recipe`.
+        seed: the split's shuffle seed, unless the protocol fixes one.
 
     Returns:
-        A :class:`TaggedSplit`, rows in ``clips`` order.
+        A :class:`TaggedSplit`, rows in ``clips`` order (dropped clips marked ``dropped``).
     """
     tag_names = [c for c in clips.columns if c not in ("clip_id", "mp3_path")]
-    merged = merge_synonyms(clips[tag_names], tags.synonyms)
-    top = top_n_tags(merged, tags.top_n)
+    empty = listed_clips(clips, KNOWN_EMPTY_CLIPS).to_numpy()
+    listed = listed_clips(clips, rules.drop_clips).to_numpy() & ~empty
+    merged = merge_synonyms(clips[tag_names], rules.synonyms)
+    keep = ~(empty | listed)
+    if rules.tag_list is None:
+        top = top_n_tags(merged[keep], rules.top_n)
+        left_out: list[str] = []
+    else:
+        top, left_out = fixed_list_tags(merged[keep], rules.tag_list)
+        if not top:
+            raise UserError(
+                f"protocol {rules.protocol}: none of its {len(rules.tag_list)} tags occurs in the "
+                "annotations; use protocol: custom for this dataset"
+            )
+    untagged = np.zeros(len(clips), dtype=bool)
+    if rules.drop_untagged:
+        untagged = keep & (merged[[name for name, _ in top]].to_numpy().max(axis=1) == 0)
+        keep &= ~untagged
     meta = clip_meta(clips[["clip_id", "mp3_path"]], clip_info)
-    assignment = make_split(meta, split, seed)
-    return TaggedSplit(tag_names, merged, top, meta, assignment)
+    if not keep.any():
+        raise UserError(f"protocol {rules.protocol} drops every clip; nothing is left to split")
+    assignment = pd.Series(DROPPED, index=meta.index, name="split", dtype=object)
+    split_seed = seed if rules.split_seed is None else rules.split_seed
+    assignment[keep] = make_split(meta[keep], rules.split_for(int(keep.sum())), split_seed)
+    dropped = {"known_empty": int(empty.sum()), "listed": int(listed.sum()), "untagged": int(untagged.sum())}
+    return TaggedSplit(tag_names, merged, top, meta, assignment, dropped, left_out)

@@ -37,9 +37,23 @@ CLIP_INFO_COLUMNS = (
     "mp3_path",
 )
 SPLITS = ("train", "valid", "test")
+DROPPED = "dropped"  # split.csv's mark for a clip the protocol drops (e.g. won's untagged clips)
 # The literature's split by audio folder (Dieleman and Schrauwen 2014): 0-b train, c valid, d-f test.
 # MTAT keeps every clip of an album in one folder, so no song or album crosses it.
 FOLDER_SPLIT = {**{f: "train" for f in "0123456789ab"}, "c": "valid", **{f: "test" for f in "def"}}
+
+MTAT_CLIPS = 25863  # rows of MTAT's annotations_final.csv (clips with audio)
+# MTAT's three 0-byte MP3s (rows 16250, 24867 and 25546 of annotations_final.csv): no decoder reads them,
+# so extract always skips them and every protocol's sizes are counted without them. Matched by clip id and
+# path together, so that no other dataset's clips are touched.
+KNOWN_EMPTY_CLIPS = {
+    "35644": "6/norine_braun-now_and_zen-08-gently-117-146.mp3",
+    "55753": "8/jacob_heringman-josquin_des_prez_lute_settings-19-gintzler__pater_noster-204-233.mp3",
+    "57881": (
+        "9/american_baroque-dances_and_suites_of_rameau_and_couperin-25-"
+        "le_petit_rien_xiveme_ordre_couperin-88-117.mp3"
+    ),
+}
 
 # The trailing "-<start>-<end>.mp3" of a clip's file name; what precedes it names the song.
 _SEGMENT_SUFFIX = re.compile(r"-\d+-\d+\.mp3$", re.IGNORECASE)
@@ -85,6 +99,15 @@ def name_fields(paths: pd.Series, k: int) -> pd.Series:
     """The first ``k`` ``-``-separated fields of each file name (``k=1``: artist, ``k=2``: album)."""
     names = paths.str.replace("\\", "/", regex=False).str.rsplit("/", n=1).str[-1]
     return names.str.split("-").str[:k].str.join("-")
+
+
+def listed_clips(clips: pd.DataFrame, listed: dict[str, str]) -> pd.Series:
+    """Which rows of ``clips`` (``clip_id``, ``mp3_path``) are in ``listed`` (clip id -> path), both matching.
+
+    Returns:
+        A bool Series with ``clips``' index.
+    """
+    return clips["clip_id"].map(listed).eq(clips["mp3_path"]).fillna(False).astype(bool)
 
 
 def read_table(
