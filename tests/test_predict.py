@@ -264,7 +264,7 @@ def test_info_prints_what_the_bundle_knows(tmp_path, capsys, monkeypatch):
     assert cli_main(["info", "models/model.pt"]) == 0
     out = capsys.readouterr().out
     for text in ["mstagger-bundle/3", "demo: the synthetic demo dataset", "folder (seed 7)", "40 epochs",
-                 "kept epoch 18", "ROC-AUC 0.7100", "git revision   rev", "guitar  0.2500", "piano   0.1250",
+                 "kept epoch 18", "ROC-AUC 0.7100", "git revision   rev", "guitar  0.25", "piano   0.125",
                  "1 without a validation positive", "test scores    unknown: no dvc.lock"]:  # fmt: skip
         assert text in out, text
     # test scores when dvc.lock records that evaluate scored this very file
@@ -304,6 +304,19 @@ def test_info_prints_what_the_bundle_knows(tmp_path, capsys, monkeypatch):
     assert "test scores    unknown: " in capsys.readouterr().out
     assert cli_main(["info", "nowhere.pt"]) == 2
     assert "not found" in capsys.readouterr().err
+
+
+def test_info_tells_a_tiny_threshold_from_zero_and_marks_the_fallbacks(tmp_path, capsys):
+    training = {"thresholds_default": 1, "thresholds_fallback": ["piano"]}
+    model = make_bundle(tmp_path / "model.pt", [1.15e-17, 0.5, 0.123456789], {}, training)
+    assert cli_main(["info", str(model)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert "1 marked * fell back to 0.5" in "\n".join(lines)
+    rows = {line.split()[0]: line.split()[1:] for line in lines if line.startswith("    ")}
+    assert rows == {"guitar": ["1.15e-17"], "drum": ["0.5"], "piano": ["0.123", "*"]}
+    assert cli_main(["info", str(model), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["thresholds"][0] == pytest.approx(1.15e-17) and info["thresholds_fallback"] == ["piano"]
 
 
 @pytest.mark.parametrize(("cpus", "on_cpu", "on_gpu"), [(1, 1, 1), (2, 2, 2), (3, 2, 3), (16, 11, 16)])

@@ -19,6 +19,7 @@ import yaml
 from mstagger.bundle import FORMAT, Bundle, load_bundle
 from mstagger.cli import Parser
 from mstagger.library import model_id
+from mstagger.metrics import DEFAULT_THRESHOLD, MIN_POSITIVES
 from mstagger.params import ParamsError, load_params
 from mstagger.util import UserError, file_digest, human_size
 
@@ -62,7 +63,8 @@ def describe(bundle: Bundle, path: Path) -> dict[str, Any]:
     params, training = bundle.params, bundle.training
     test, test_source = evaluated_scores(path)
     spec = bundle.spectrogram
-    thresholds = None if bundle.thresholds is None else [round(float(t), 6) for t in bundle.thresholds]
+    # significant digits, not decimals: a threshold of 1e-17 is not 0
+    thresholds = None if bundle.thresholds is None else [float(f"{t:.6g}") for t in bundle.thresholds]
     return {
         "model": str(path),
         "format": FORMAT,
@@ -87,6 +89,7 @@ def describe(bundle: Bundle, path: Path) -> dict[str, Any]:
         "tags": list(bundle.tags),
         "thresholds": thresholds,
         "thresholds_default": training.get("thresholds_default"),
+        "thresholds_fallback": training.get("thresholds_fallback"),  # tag names; None: not recorded
     }
 
 
@@ -127,13 +130,26 @@ def format_info(info: dict[str, Any]) -> str:
         lines.append(f"  tags ({len(info['tags'])}, no decision thresholds)")
         lines.extend(f"    {tag}" for tag in info["tags"])
         return "\n".join(lines)
+    fallback = info.get("thresholds_fallback")
     default = info["thresholds_default"]
-    note = "" if default is None else f"; {default} without a validation positive, at the default"
+    if fallback is not None:
+        note = f"; {len(fallback)} marked * fell back to {DEFAULT_THRESHOLD}"
+    elif default is not None:
+        note = f"; {default} without a validation positive, at {DEFAULT_THRESHOLD}"
+    else:
+        note = ""
     lines.append(f"  tags ({len(info['tags'])}) and thresholds (chosen on the validation split for F1{note})")
     width = max(map(len, info["tags"]))
+    marked = set(fallback or ())
     lines.extend(
-        f"    {tag:<{width}}  {t:.4f}" for tag, t in zip(info["tags"], info["thresholds"], strict=True)
+        f"    {tag:<{width}}  {t:<9.3g}{' *' if tag in marked else ''}".rstrip()
+        for tag, t in zip(info["tags"], info["thresholds"], strict=True)
     )
+    if marked:
+        lines.append(
+            f"  * fallback: under {MIN_POSITIVES} validation positives, or no threshold beat chance; "
+            "a bigger validation split helps"
+        )
     return "\n".join(lines)
 
 

@@ -41,7 +41,7 @@ from mstagger.distributed import (
     teardown,
     world_from_env,
 )
-from mstagger.metrics import DEFAULT_THRESHOLD, f1_thresholds, macro_scores
+from mstagger.metrics import DEFAULT_THRESHOLD, MIN_POSITIVES, f1_thresholds, macro_scores
 from mstagger.model import MultiScaleCNN, count_parameters
 from mstagger.outputs import (
     check_replaceable,
@@ -462,10 +462,13 @@ def train(
         live.end()
         tagger.load_state_dict(best_state)
         # Decision thresholds from the saved weights' validation probabilities, kept with them.
-        thresholds, n_default = f1_thresholds(data.labels[valid_rows], best_probs.numpy())
+        thresholds, fallback = f1_thresholds(data.labels[valid_rows], best_probs.numpy())
+        n_default = int(fallback.sum())
         log.info(
-            "decision thresholds chosen on the validation split; %d tags without a positive get %s",
+            "decision thresholds chosen on the validation split; %d tags with under %d validation "
+            "positives or no better-than-chance threshold get %s",
             n_default,
+            MIN_POSITIVES,
             DEFAULT_THRESHOLD,
         )
         save_bundle(
@@ -475,7 +478,12 @@ def train(
             params.spectrogram,
             params.precision,
             asdict(params),
-            {**best, "epochs": params.epochs, "thresholds_default": n_default},
+            {
+                **best,
+                "epochs": params.epochs,
+                "thresholds_default": n_default,
+                "thresholds_fallback": [tag for tag, f in zip(data.tags, fallback, strict=True) if f],
+            },
             git_rev,
             thresholds=thresholds,
         )
