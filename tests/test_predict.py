@@ -17,6 +17,7 @@ import pytest
 import soundfile as sf
 import torch
 
+from helpers import write_params
 from mstagger import predict as predict_mod
 from mstagger.audio import MEL_DTYPE, load_audio, log_mel
 from mstagger.bundle import Tagger, load_bundle, save_bundle
@@ -117,6 +118,30 @@ def test_bad_flags_and_paths_are_one_line_and_status_2(bundle_path, tmp_path, ca
     (tmp_path / "empty_folder").mkdir()
     assert cli_main(["predict", str(tmp_path / "empty_folder"), "--model", str(bundle_path)]) == 2
     assert "no audio files in" in capsys.readouterr().err
+
+
+def test_predict_and_info_from_any_folder(tmp_path, capsys, monkeypatch):
+    project = tmp_path / "project"
+    project.mkdir()
+    write_params(project)  # paths.model: models/model.pt, relative to the project
+    model = make_bundle(project / "models" / "model.pt")
+    song = tone(tmp_path / "music" / "song.wav", 4.0)
+    # inside the project, in a subfolder: its params.yaml names the model
+    (project / "notes").mkdir()
+    monkeypatch.chdir(project / "notes")
+    assert cli_main(["predict", str(song)]) == 0
+    assert cli_main(["info"]) == 0
+    assert str(model) in capsys.readouterr().out
+    # outside any project: --model works; without it, the error says how to name the model
+    monkeypatch.chdir(tmp_path / "music")
+    assert cli_main(["predict", "song.wav", "--model", str(model), "--top", "1"]) == 0
+    assert cli_main(["info", str(model)]) == 0
+    capsys.readouterr()
+    assert cli_main(["predict", "song.wav"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "no params.yaml in" in err and "name it: --model PATH" in err
+    assert cli_main(["info"]) == 2
+    assert "name it: mstagger info PATH" in capsys.readouterr().err
 
 
 def make_library(root):

@@ -20,7 +20,7 @@ from mstagger.bundle import FORMAT, Bundle, load_bundle
 from mstagger.cli import Parser
 from mstagger.library import model_id
 from mstagger.metrics import DEFAULT_THRESHOLD, MIN_POSITIVES
-from mstagger.params import ParamsError, load_params
+from mstagger.params import ParamsError, project_model
 from mstagger.util import UserError, file_digest, human_size
 
 LOCK_FILE = "dvc.lock"
@@ -157,12 +157,15 @@ def main(argv: list[str] | None = None) -> int:
     """``mstagger info [MODEL] [--json]``: print what the bundle knows. Returns 0, or 2 on a bad model."""
     parser = Parser(prog="mstagger info", description=__doc__.splitlines()[0])
     parser.add_argument(
-        "model", nargs="?", type=Path, help="model bundle (default: paths.model of ./params.yaml)"
+        "model",
+        nargs="?",
+        type=Path,
+        help="model bundle (default: paths.model of the params.yaml here or in a parent folder)",
     )
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     args = parser.parse_args(argv)
     try:
-        path = args.model if args.model is not None else Path(load_params().paths.model)
+        path = args.model if args.model is not None else project_model("mstagger info PATH")
         info = describe(load_bundle(path), path)
     except (UserError, ParamsError) as err:
         print(f"error: {err}", file=sys.stderr)

@@ -35,7 +35,7 @@ from mstagger.audio import AudioError
 from mstagger.bundle import Bundle, load_bundle, resolve_device
 from mstagger.cli import Parser
 from mstagger.library import AudioFile, Ledger, find_audio, model_id
-from mstagger.params import ParamsError, load_params
+from mstagger.params import ParamsError, project_model
 from mstagger.util import UserError, keep_freed_memory
 from mstagger.windows import Done, Failed, Message, Window, decode_here, decode_in_workers
 
@@ -186,7 +186,9 @@ def _parser() -> Parser:
     p = Parser(prog="mstagger predict", description=__doc__.splitlines()[0])
     p.add_argument("paths", nargs="+", type=Path, metavar="PATH", help="audio files, and folders to search")
     p.add_argument(
-        "--model", type=Path, help="model bundle (default: paths.model of ./params.yaml, the trained model)"
+        "--model",
+        type=Path,
+        help="model bundle (default: paths.model of the params.yaml here or in a parent folder)",
     )
     p.add_argument(
         "--glob",
@@ -294,7 +296,7 @@ def main(argv: list[str] | None = None) -> int:
         if not files:
             where = ", ".join(map(str, args.paths)) + (f" matching --glob {args.glob!r}" if args.glob else "")
             raise UserError(f"no audio files in {where}")
-        model = args.model if args.model is not None else Path(load_params().paths.model)
+        model = args.model if args.model is not None else project_model("--model PATH")
         bundle = load_bundle(model, device=resolve_device(args.device, source="--device"))
         if bundle.device.type == "cpu":
             # A forward pass allocates and frees activations of 8-32 MB a window; served from the heap
