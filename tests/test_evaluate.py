@@ -141,7 +141,7 @@ def test_plot_files(tmp_path):
     assert list(dict.fromkeys(pr["tag"])) == expected
     assert all(part["recall"].is_monotonic_increasing for _, part in pr.groupby("tag"))
     per_tag = pd.read_csv(plots / "per_tag_auc.csv")
-    assert list(per_tag.columns) == ["tag", "roc_auc"]
+    assert list(per_tag.columns) == ["tag", "roc_auc", "baseline_roc_auc"]  # the baseline beside each tag
     assert set(per_tag["tag"]) == {"loud", "bright", "unseen_in_train"}
 
 
