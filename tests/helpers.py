@@ -204,7 +204,7 @@ TINY_PIPELINE = {
 }
 
 
-def sh(cmd: list[str], cwd: Path, check: bool = True, **kwargs: Any):
+def sh(cmd: list[str], cwd: Path, check: bool = True, env_extra: dict | None = None, **kwargs: Any):
     """Run a command with this interpreter's folder first on PATH (dvc, python) and return the result."""
     import os
     import subprocess
@@ -212,6 +212,7 @@ def sh(cmd: list[str], cwd: Path, check: bool = True, **kwargs: Any):
 
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
     env["DVC_NO_ANALYTICS"] = "1"
+    env.update(env_extra or {})
     result = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, **kwargs)
     if check and result.returncode != 0:
         raise AssertionError(

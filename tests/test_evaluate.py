@@ -150,7 +150,7 @@ def test_plot_files(tmp_path):
     assert list(dict.fromkeys(pr["tag"])) == expected
     assert all(part["recall"].is_monotonic_increasing for _, part in pr.groupby("tag"))
     per_tag = pd.read_csv(plots / "per_tag_auc.csv")
-    assert list(per_tag.columns) == ["tag", "roc_auc"]
+    assert list(per_tag.columns) == ["tag", "roc_auc", "baseline_roc_auc"]  # the baseline beside each tag
     assert set(per_tag["tag"]) == {"loud", "bright", "unseen_in_train"}
 
 
@@ -356,3 +356,29 @@ def test_main_with_a_real_bundle(tmp_path, monkeypatch, capsys):
         ev.main()
     assert exit_info.value.code == 2
     assert "does not fit the features" in capsys.readouterr().err
+
+
+def test_the_headline_is_short_rounded_and_keeps_the_baseline_in_view():
+    from mstagger.evaluate import headline
+
+    full = {
+        "roc_auc": 0.892401,
+        "pr_auc": 0.716013,
+        "baseline": {"roc_auc": 0.841728, "pr_auc": 0.652195, "roc_auc_ci": [0.74, 0.89]},
+        "roc_auc_ci": [0.826949, 0.923601],
+        "pr_auc_ci": [0.687682, None],
+    }
+    assert headline(full) == {
+        "roc_auc": 0.8924,
+        "roc_lo": 0.8269,
+        "roc_hi": 0.9236,
+        "pr_auc": 0.716,
+        "pr_lo": 0.6877,
+        "pr_hi": None,
+        "baseline_roc": 0.8417,
+        "baseline_pr": 0.6522,
+        "roc_gain": 0.0507,
+    }
+    no_intervals = headline({"roc_auc": None, "pr_auc": None, "baseline": {"roc_auc": 0.8, "pr_auc": 0.5}})
+    assert no_intervals["roc_lo"] is None and no_intervals["roc_gain"] is None
+    assert all(len(name) <= 12 for name in no_intervals)  # dvc exp show prints one column per name

@@ -41,6 +41,27 @@ def test_lr_is_a_top_level_key_so_dvc_exp_run_s_lr_works():
 
 
 @pytest.mark.parametrize(
+    "override", ["lr=0.002", "evaluate.curve_tags=5", "tags.top_n=40", "download.retries=3"]
+)
+def test_dvc_s_rewrites_exactly_one_line_of_the_committed_params(tmp_path, override):
+    """`dvc exp run -S` writes params.yaml back through DVC's own writer (ruamel round trip, lists
+    replaced whole, 80-column folding); the committed file is in the style that writer keeps, so only the
+    set key's line changes and every comment stays. tests/test_experiments.py runs the real command."""
+    from dvc.utils.hydra import apply_overrides
+
+    copy = tmp_path / "params.yaml"
+    before = (ROOT / "params.yaml").read_text(encoding="utf-8")
+    copy.write_text(before, encoding="utf-8")
+    apply_overrides(copy, [override])
+    old, new = before.splitlines(), copy.read_text(encoding="utf-8").splitlines()
+    assert len(old) == len(new)
+    changed = [(a, b) for a, b in zip(old, new, strict=True) if a != b]
+    key = override.split("=")[0].split(".")[-1]
+    assert len(changed) == 1 and changed[0][1].lstrip().startswith(f"{key}: "), changed
+    assert yaml.safe_load(copy.read_text()) != yaml.safe_load(before)
+
+
+@pytest.mark.parametrize(
     ("data", "key"),
     [
         ({"lr": -0.001}, "lr"),

@@ -16,6 +16,7 @@ blocked, and the plot that needed it would not draw.
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 import shutil
 import subprocess
@@ -91,6 +92,7 @@ def write_plot_data(repo: Path) -> None:
     y = (rng.random((60, len(tags))) < 0.4).astype(np.uint8)
     score = y * 0.4 + rng.random(y.shape)
     table = per_tag_scores(y, score, tags)
+    table["baseline_roc_auc"] = per_tag_scores(y, y * 0.1 + rng.random(y.shape), tags)["roc_auc"]
     write_evaluation_plots(y, score, table, repo / "plots", 3, train_log_dir=repo / "metrics" / "train")
 
 
@@ -140,6 +142,18 @@ def render(browser: str, page: Path, profile: Path) -> str:
     return result.stdout
 
 
+def screenshot(browser: str, page: Path, out: Path, profile: Path, size: str = "1400,3400") -> None:
+    """A PNG of the page as headless Chromium draws it (no network), to look at."""
+    result = subprocess.run(
+        [browser, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", "--no-first-run",
+         f"--user-data-dir={profile}", "--host-resolver-rules=MAP * ~NOTFOUND",
+         "--proxy-server=http://127.0.0.1:9", "--virtual-time-budget=10000",
+         f"--window-size={size}", f"--screenshot={out}", page.as_uri()],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 0 and out.is_file(), result.stderr[-2000:]
+
+
 def drawn(dom: str, plot_ids: list[str]) -> dict[str, bool]:
     """For each vega plot, whether its element holds an SVG with data marks (lines, bars or points)."""
     starts = {pid: dom.find(f'id="{pid}"') for pid in plot_ids}
@@ -169,6 +183,36 @@ def test_every_plot_renders_offline(plots_repo, tmp_path):
     assert external_refs(dom) == []  # nor did the scripts add an element that loads from elsewhere
     pngs = re.findall(r'<img src="(static/[^"]+\.png)">', dom)  # the four PNGs, in files beside the page
     assert len(pngs) == 4 and all((plots_repo / "offline" / png).is_file() for png in pngs)
+    # MSTAGGER_PLOTS_SCREENSHOT=page.png pytest -m slow tests/test_plots_offline.py: a picture to look at
+    if os.environ.get("MSTAGGER_PLOTS_SCREENSHOT"):
+        out = Path(os.environ["MSTAGGER_PLOTS_SCREENSHOT"]).resolve()
+        screenshot(browser, plots_repo / "offline" / "index.html", out, tmp_path / "profile")
+
+
+@pytest.mark.slow
+def test_the_plots_read_at_a_glance(plots_repo, tmp_path):
+    """Titled axes with units, epochs 1..N, a legend naming each curve, the baseline beside each tag."""
+    browser = find_browser()
+    if browser is None:
+        pytest.skip(f"no Chromium found (looked for {', '.join(BROWSERS)})")
+    show(plots_repo, "glance")
+    dom = render(browser, plots_repo / "glance" / "index.html", tmp_path / "profile")
+    texts = re.findall(r"<text[^>]*>([^<]+)</text>", dom)
+    for title in [
+        "Epoch",
+        "Loss (binary cross-entropy, nats per tag and clip)",
+        "Macro AUC on the validation split (0 to 1)",
+        "Test ROC-AUC (0.5 = chance, 1 = perfect)",
+        "Recall (share of positives asserted)",
+    ]:
+        assert title in texts, title
+    assert not {"y", "step", "dvc_inferred_y_value"} & set(texts)
+    for legend in ["training", "validation", "ROC-AUC", "PR-AUC", "network", "baseline"]:
+        assert legend in texts, legend
+    assert not any("::" in t or ".tsv" in t or ".csv" in t for t in texts)  # no file names as labels
+    loss = (plots_repo / "plots" / "loss.csv").read_text().splitlines()
+    assert loss[0] == "epoch,curve,loss" and loss[1].startswith("1,training,")  # as the log counts
+    assert {"guitar", "piano", "drums", "slow"} <= set(texts)  # every tag labelled
 
 
 @pytest.mark.slow

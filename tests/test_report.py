@@ -60,19 +60,42 @@ def exp_show() -> list[dict]:
     ]
 
 
-def test_every_finished_experiment_by_default():
+def test_every_finished_experiment_and_the_workspace_by_default():
     exps = report.parse_experiments(exp_show())
-    # Oldest first; not the commit, the workspace or the queued one.
-    assert [e.name for e in exps] == ["seed-1", "seed-2", "seed-3"]
-    assert report.differing_params(exps) == {"seed": [1, 2, 3]}
+    # The workspace's run (seed 1337), then the experiments oldest first; not the commit or the queued one.
+    assert [e.name for e in exps] == ["workspace", "seed-1", "seed-2", "seed-3"]
+    assert report.differing_params(exps) == {"seed": [1337, 1, 2, 3]}
     table = report.summarise(exps)
     roc = table["metrics/test.json"]["roc_auc"]
-    assert roc["n"] == 3 and roc["min"] == 0.86 and roc["max"] == 0.90
-    assert roc["mean"] == pytest.approx(statistics.mean([0.88, 0.90, 0.86]))
-    assert roc["std"] == pytest.approx(statistics.stdev([0.88, 0.90, 0.86]))
+    assert roc["n"] == 4 and roc["min"] == 0.85 and roc["max"] == 0.90
+    assert roc["mean"] == pytest.approx(statistics.mean([0.85, 0.88, 0.90, 0.86]))
+    assert roc["std"] == pytest.approx(statistics.stdev([0.85, 0.88, 0.90, 0.86]))
     assert table["metrics/train/metrics.json"]["best.best_epoch"]["max"] == 40
     assert "roc_auc_ci" not in table["metrics/test.json"]  # lists are not summarised
     assert table["metrics/test.json"]["baseline.roc_auc"]["std"] == 0.0
+
+
+def test_a_workspace_holding_an_experiments_result_counts_once():
+    shown = exp_show()
+    last = shown[1]["experiments"][1]["revs"][0]["data"]  # seed-3, as `dvc exp run` leaves it
+    shown[0]["data"] = {**last, "timestamp": None}
+    assert [e.name for e in report.parse_experiments(shown)] == ["seed-1", "seed-2", "seed-3"]
+
+
+def test_too_few_runs_for_a_spread_are_said(tmp_path, capsys):
+    saved = tmp_path / "exp.json"
+    shown = exp_show()
+    shown[1]["experiments"] = []  # right after the quick start: the workspace's run alone
+    saved.write_text(json.dumps(shown))
+    assert cli_main(["report", "--from", str(saved)]) == 0
+    out = capsys.readouterr().out
+    assert "1 experiments: workspace" in out
+    assert "n = 1: one run has no spread" in out and "dvc exp run --queue -S seed=1,2,3" in out
+    assert cli_main(["report", "--from", str(saved), "--json", "workspace", "main"]) == 0
+    assert json.loads(capsys.readouterr().out)["note"].startswith("n = 2: a std from 2 runs is a rough guess")
+    saved.write_text(json.dumps(exp_show()))
+    assert cli_main(["report", "--from", str(saved)]) == 0
+    assert "n = " not in capsys.readouterr().out
 
 
 def test_named_experiments_and_errors():
@@ -117,7 +140,7 @@ def test_report_on_two_real_experiments(tiny_repo):  # noqa: F811
     written = {}
     for seed in (1, 2):
         sh(["dvc", "exp", "run", "-n", f"seed{seed}", "-S", f"seed={seed}"], tiny_repo)
-        written[seed] = json.loads((tiny_repo / "metrics" / "test.json").read_text())
+        written[seed] = json.loads((tiny_repo / "metrics" / "scores.json").read_text())
     run = subprocess.run(
         [sys.executable, "-m", "mstagger.commands.report", "--json", "seed1", "seed2"],
         cwd=tiny_repo,
@@ -128,15 +151,16 @@ def test_report_on_two_real_experiments(tiny_repo):  # noqa: F811
     doc = json.loads(run.stdout)
     assert [e["name"] for e in doc["experiments"]] == ["seed1", "seed2"]
     assert doc["params_differ"]["seed"] == {"seed1": 1, "seed2": 2}
-    summary = doc["metrics"]["metrics/test.json"]
+    assert set(doc["metrics"]) == {"metrics/scores.json"}  # the headline, not timings or counts
+    summary = doc["metrics"]["metrics/scores.json"]
     for key in ("roc_auc", "pr_auc"):
         values = [written[1][key], written[2][key]]
         assert summary[key]["n"] == 2
         assert summary[key]["mean"] == pytest.approx(statistics.mean(values))
         assert summary[key]["std"] == pytest.approx(statistics.stdev(values))
         assert (summary[key]["min"], summary[key]["max"]) == (min(values), max(values))
-    base = [written[1]["baseline"]["roc_auc"], written[2]["baseline"]["roc_auc"]]
-    assert summary["baseline.roc_auc"]["mean"] == pytest.approx(statistics.mean(base))
+    base = [written[1]["baseline_roc"], written[2]["baseline_roc"]]
+    assert summary["baseline_roc"]["mean"] == pytest.approx(statistics.mean(base))
     text = subprocess.run(
         [sys.executable, "-m", "mstagger.commands.report"],
         cwd=tiny_repo,
@@ -144,4 +168,6 @@ def test_report_on_two_real_experiments(tiny_repo):  # noqa: F811
         text=True,
         check=True,
     ).stdout
-    assert "seed: 1 (seed1), 2 (seed2)" in text and "metrics/test.json" in text
+    # by default the workspace too, counted once: it holds seed2's result
+    assert "seed: 1 (seed1), 2 (seed2)" in text and "metrics/scores.json" in text
+    assert "n = 2: a std from 2 runs is a rough guess" in text

@@ -20,8 +20,8 @@ from mstagger.train import train
 
 
 def brute_force_threshold(truth, score):
-    """The lowest of the distinct scores that reaches the best F1."""
-    candidates = np.unique(score)  # ascending
+    """The lowest of the distinct scores that reaches the best F1 with a precision above chance."""
+    candidates = [c for c in np.unique(score) if precision_score(truth, score >= c) > truth.mean()]
     f1 = [f1_score(truth, score >= c) for c in candidates]
     return candidates[int(np.argmax(f1))]
 
@@ -32,13 +32,35 @@ def test_thresholds_maximise_f1_take_the_lower_of_ties_and_default_without_posit
     p = np.clip(0.35 * y + 0.65 * rng.random((120, 5)), 0, 1).astype(np.float32)
     p[:40, 1] = 0.5  # many equal scores
     y[:, 4] = 0  # a tag without a positive
-    thresholds, n_default = f1_thresholds(y, p)
-    assert thresholds.dtype == np.float32 and n_default == 1 and thresholds[4] == DEFAULT_THRESHOLD
+    thresholds, fallback = f1_thresholds(y, p)
+    assert thresholds.dtype == np.float32 and thresholds[4] == DEFAULT_THRESHOLD
+    assert fallback.tolist() == [False, False, False, False, True]
     for j in range(4):
         assert thresholds[j] == brute_force_threshold(y[:, j], p[:, j])
-    # a tie: asserting the top clip or the top two gives the same F1 (2/3); the lower threshold wins
-    t, _ = f1_thresholds(np.array([[1], [0], [1], [0]]), np.array([[0.9], [0.8], [0.7], [0.1]]))
+    # a tie: asserting the top clip or the top three gives the same F1 (2/3); the lower threshold wins
+    y, p = np.array([[1], [0], [0], [1], [0]]), np.array([[0.9], [0.8], [0.75], [0.7], [0.1]])
+    t, _ = f1_thresholds(y, p, min_positives=1)
+    assert f1_score(y[:, 0], p[:, 0] >= 0.9) == f1_score(y[:, 0], p[:, 0] >= 0.7) == pytest.approx(2 / 3)
     assert t[0] == np.float32(0.7)
+
+
+def test_a_small_validation_split_cannot_make_a_tag_asserted_on_everything():
+    """The demo's case: 24 validation clips, a tag's one positive scored last (1.15e-17). The F1 optimum
+    is then to assert the tag on every clip, with a threshold of 1.15e-17 (what `calm` got)."""
+    rng = np.random.default_rng(3)
+    p = rng.uniform(0.02, 0.4, size=(24, 3)).astype(np.float32)
+    y = np.zeros((24, 3), np.uint8)
+    y[5, 0], p[5, 0] = 1, 1.15e-17  # one positive, scored below every negative
+    y[:6, 1] = 1  # six positives, all scored below the negatives: no threshold beats chance
+    p[:6, 1] = np.linspace(1e-6, 1e-5, 6)
+    y[:8, 2] = 1  # eight positives, scored above the negatives: a real threshold
+    p[:8, 2] += 0.5
+    thresholds, fallback = f1_thresholds(y, p)
+    assert fallback.tolist() == [True, True, False]
+    assert thresholds[0] == thresholds[1] == DEFAULT_THRESHOLD
+    assert thresholds[2] == p[:8, 2].min()
+    asserted = (p >= thresholds).sum(axis=0)
+    assert asserted.tolist() == [0, 0, 8]  # before: 24 and 24, every clip
 
 
 def test_scores_at_thresholds_agree_with_sklearn():
@@ -88,9 +110,11 @@ def test_training_chooses_thresholds_on_the_validation_split(tmp_path):
     train(data, params, tmp_path / "model.pt", tmp_path / "log", tmp_path / "checkpoint.pt", "rev")
     bundle = load_bundle(tmp_path / "model.pt")
     rows = data.rows("valid")
-    expected, n_default = f1_thresholds(data.labels[rows], bundle.predict(data.mel[rows]))
+    expected, fallback = f1_thresholds(data.labels[rows], bundle.predict(data.mel[rows]))
     np.testing.assert_array_equal(bundle.thresholds, expected)  # the saved weights' validation probabilities
-    assert bundle.training["thresholds_default"] == n_default
+    assert bundle.training["thresholds_default"] == fallback.sum()
+    fell_back = [tag for tag, f in zip(data.tags, fallback, strict=True) if f]
+    assert bundle.training["thresholds_fallback"] == fell_back
 
 
 def test_evaluate_scores_the_decisions(tmp_path):

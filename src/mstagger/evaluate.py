@@ -3,9 +3,12 @@
 Reads the log-mel spectrograms (``<features>/mel.npy``, memory-mapped), the labels, tag order and split
 (``<prepared>``) and the model bundle (``paths.model``). Writes
 
-- ``<metrics>/test.json``: macro ROC-AUC and PR-AUC of the network, the clip and tag counts, and the
-  baseline's macro scores under ``baseline`` (so ``dvc metrics diff`` shows ``baseline.roc_auc`` beside
-  ``roc_auc``);
+- ``<metrics>/scores.json``: the headline that experiments are compared on (:func:`headline`), the
+  only metrics file dvc.yaml declares, so ``dvc exp show --only-changed`` and ``dvc metrics diff``
+  compare results, not timings or counts;
+- ``<metrics>/test.json``: everything else: macro ROC-AUC and PR-AUC of the network at full precision,
+  the clip and tag counts, and the baseline's macro scores under ``baseline`` (listed on request:
+  ``dvc metrics show metrics/test.json``);
 - ``<metrics>/test_per_tag.csv``: per tag, in column order: ``tag, positives, roc_auc, pr_auc,
   baseline_roc_auc, baseline_pr_auc`` (an empty cell where a score is undefined);
 - plot data and PNGs under ``<plots>`` (see :mod:`mstagger.evaluation.plots`).
@@ -154,6 +157,47 @@ def _numbers(scores: dict[str, Any]) -> dict[str, Any]:
     return {k: [_number(x) for x in v] if isinstance(v, list) else _number(v) for k, v in scores.items()}
 
 
+def headline(result: dict[str, Any]) -> dict[str, float | None]:
+    """The few test scores that experiments are compared on (``scores.json``, dvc.yaml's only metrics).
+
+    ``dvc exp show --only-changed`` prints one column per key that differs between experiments, so the
+    names are short and the values rounded to 4 decimals: a change of lr must fit 120 columns. The
+    baseline does not depend on the network's params and drops out of such a comparison, so
+    ``roc_gain`` (network minus baseline ROC-AUC) keeps it in view.
+
+    Args:
+        result: the content of ``test.json`` (see :func:`evaluate`).
+
+    Returns:
+        ``roc_auc``, ``roc_lo``, ``roc_hi`` (95% bootstrap interval), ``pr_auc``, ``pr_lo``, ``pr_hi``,
+        ``baseline_roc``, ``baseline_pr`` and ``roc_gain``; None where undefined (no interval without
+        ``bootstrap_resamples``, no score without a scorable tag).
+    """
+
+    def r4(x: float | None) -> float | None:
+        return None if x is None else round(float(x), 4)
+
+    def bounds(name: str) -> list[float | None]:
+        interval = result.get(f"{name}_ci") or [None, None]
+        return [r4(x) for x in interval]
+
+    roc, pr, base = result["roc_auc"], result["pr_auc"], result["baseline"]
+    roc_lo, roc_hi = bounds("roc_auc")
+    pr_lo, pr_hi = bounds("pr_auc")
+    gain = None if roc is None or base["roc_auc"] is None else roc - base["roc_auc"]
+    return {
+        "roc_auc": r4(roc),
+        "roc_lo": roc_lo,
+        "roc_hi": roc_hi,
+        "pr_auc": r4(pr),
+        "pr_lo": pr_lo,
+        "pr_hi": pr_hi,
+        "baseline_roc": r4(base["roc_auc"]),
+        "baseline_pr": r4(base["pr_auc"]),
+        "roc_gain": r4(gain),
+    }
+
+
 def evaluate(
     mel: np.ndarray,
     labels: np.ndarray,
@@ -181,7 +225,7 @@ def evaluate(
         tags: tag names in label column order.
         predict: maps (B, n_mels, n_frames) float32 raw log-mel to (B, tags) probabilities, columns in
             ``tags`` order (see :func:`align_predict`).
-        metrics_dir: writes ``test.json`` and ``test_per_tag.csv`` here.
+        metrics_dir: writes ``test.json``, its headline ``scores.json`` and ``test_per_tag.csv`` here.
         plots_dir: writes the plot data and PNGs here.
         curve_tags: draw ROC and PR curves for this many most frequent scorable tags.
         baseline_c: inverse L2 strength of the logistic-regression baseline.
@@ -215,6 +259,7 @@ def evaluate(
     result = {"protocol": protocol, **result}  # first: a score is never read without its protocol
     metrics_dir = Path(metrics_dir)
     write_json(metrics_dir / "test.json", result)
+    write_json(metrics_dir / "scores.json", headline(result))
     write_csv(table, metrics_dir / "test_per_tag.csv")
     macro = {"roc_auc": result["roc_auc"], "pr_auc": result["pr_auc"]}
     macro |= {f"baseline_{k}": result["baseline"][k] for k in ("roc_auc", "pr_auc")}
@@ -370,7 +415,10 @@ def main() -> None:
     summary = {"test_clips": result["n_clips"], "tags_scored": result["n_tags_scored"], "device": device}
     write_json(stage_metrics(paths.metrics, "evaluate"), {**summary, "seconds": seconds})
     log.info("%s", format_summary(result, seconds))
-    log.info("wrote %s/test.json, %s/test_per_tag.csv and %s/", paths.metrics, paths.metrics, paths.plots)
+    where = paths.metrics
+    log.info(
+        "wrote %s/scores.json, %s/test.json, %s/test_per_tag.csv and %s/", where, where, where, paths.plots
+    )
 
 
 if __name__ == "__main__":

@@ -460,3 +460,33 @@ def load_params(path: str | Path = PARAMS_FILE, *, partial: bool = False) -> Par
     if partial and isinstance(data, dict | None):
         data = {"paths": _NO_PATHS, **(data or {})}
     return params_from_dict(data or {})
+
+
+def find_params_file(start: str | Path | None = None) -> Path | None:
+    """The project's ``params.yaml``: in ``start`` (default: the current folder) or its nearest parent.
+
+    Returns:
+        The file, or None when neither ``start`` nor a parent holds one.
+    """
+    here = Path.cwd() if start is None else Path(start)
+    here = here.resolve()
+    return next((d / PARAMS_FILE for d in (here, *here.parents) if (d / PARAMS_FILE).is_file()), None)
+
+
+def project_model(how_to_name: str) -> Path:
+    """The trained model of the project around the current folder: ``paths.model`` of its params.yaml.
+
+    Args:
+        how_to_name: how the command names a model, for the error (``--model PATH``).
+
+    Raises:
+        ParamsError: no params.yaml here or in a parent folder (the message says how to name the
+            model), or the file holds a bad key.
+    """
+    found = find_params_file()
+    if found is None:
+        raise ParamsError(
+            f"no model named and no {PARAMS_FILE} in {Path.cwd()} or a parent folder to find the "
+            f"project's; name it: {how_to_name} (the pipeline writes <project>/models/model.pt)"
+        )
+    return found.parent / load_params(found).paths.model

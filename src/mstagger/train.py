@@ -38,7 +38,7 @@ from mstagger.core.outputs import (
 from mstagger.core.runtime import git_revision
 from mstagger.core.system import keep_freed_memory
 from mstagger.data.artifacts import load_inputs, load_stats
-from mstagger.evaluation.scores import DEFAULT_THRESHOLD, f1_thresholds
+from mstagger.evaluation.scores import DEFAULT_THRESHOLD, MIN_POSITIVES, f1_thresholds
 from mstagger.inference.bundle import save_bundle
 from mstagger.inference.tagger import Tagger
 from mstagger.model import MultiScaleCNN, count_parameters
@@ -320,13 +320,21 @@ def finish(run: Run, model_path: Path, checkpoint_path: Path, git_rev: str, seco
         raise UserError("no epoch gave a finite validation loss; no model was written. Check the inputs")
     run.tagger.load_state_dict(selection.state)
     # Decision thresholds from the kept weights' validation probabilities, kept with them.
-    thresholds, n_default = f1_thresholds(data.labels[run.valid_rows], selection.probs.numpy())
+    thresholds, fallback = f1_thresholds(data.labels[run.valid_rows], selection.probs.numpy())
+    n_default = int(fallback.sum())
     log.info(
-        "decision thresholds chosen on the validation split; %d tags without a positive get %s",
+        "decision thresholds chosen on the validation split; %d tags with under %d validation "
+        "positives or no better-than-chance threshold get %s",
         n_default,
+        MIN_POSITIVES,
         DEFAULT_THRESHOLD,
     )
-    training = {**selection.best, "epochs": params.epochs, "thresholds_default": n_default}
+    training = {
+        **selection.best,
+        "epochs": params.epochs,
+        "thresholds_default": n_default,
+        "thresholds_fallback": [tag for tag, f in zip(data.tags, fallback, strict=True) if f],
+    }
     save_bundle(
         model_path,
         run.tagger,

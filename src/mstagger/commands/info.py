@@ -19,9 +19,10 @@ import yaml
 from mstagger.commands.parser import Parser
 from mstagger.core.disk import file_digest, human_size
 from mstagger.core.errors import guarded
+from mstagger.evaluation.scores import DEFAULT_THRESHOLD, MIN_POSITIVES
 from mstagger.inference.bundle import FORMAT, Bundle, load_bundle
 from mstagger.inference.library import model_id
-from mstagger.params import load_params
+from mstagger.params import project_model
 from mstagger.protocols import CUSTOM, protocols
 
 LOCK_FILE = "dvc.lock"
@@ -76,7 +77,8 @@ def describe(bundle: Bundle, path: Path) -> dict[str, Any]:
     protocol, protocol_summary, split = _protocol(params)
     test, test_source = evaluated_scores(path)
     spec = bundle.spectrogram
-    thresholds = None if bundle.thresholds is None else [round(float(t), 6) for t in bundle.thresholds]
+    # significant digits, not decimals: a threshold of 1e-17 is not 0
+    thresholds = None if bundle.thresholds is None else [float(f"{t:.6g}") for t in bundle.thresholds]
     return {
         "model": str(path),
         "format": FORMAT,
@@ -103,6 +105,7 @@ def describe(bundle: Bundle, path: Path) -> dict[str, Any]:
         "tags": list(bundle.tags),
         "thresholds": thresholds,
         "thresholds_default": training.get("thresholds_default"),
+        "thresholds_fallback": training.get("thresholds_fallback"),  # tag names; None: not recorded
     }
 
 
@@ -144,13 +147,26 @@ def format_info(info: dict[str, Any]) -> str:
         lines.append(f"  tags ({len(info['tags'])}, no decision thresholds)")
         lines.extend(f"    {tag}" for tag in info["tags"])
         return "\n".join(lines)
+    fallback = info.get("thresholds_fallback")
     default = info["thresholds_default"]
-    note = "" if default is None else f"; {default} without a validation positive, at the default"
+    if fallback is not None:
+        note = f"; {len(fallback)} marked * fell back to {DEFAULT_THRESHOLD}"
+    elif default is not None:
+        note = f"; {default} without a validation positive, at {DEFAULT_THRESHOLD}"
+    else:
+        note = ""
     lines.append(f"  tags ({len(info['tags'])}) and thresholds (chosen on the validation split for F1{note})")
     width = max(map(len, info["tags"]))
+    marked = set(fallback or ())
     lines.extend(
-        f"    {tag:<{width}}  {t:.4f}" for tag, t in zip(info["tags"], info["thresholds"], strict=True)
+        f"    {tag:<{width}}  {t:<9.3g}{' *' if tag in marked else ''}".rstrip()
+        for tag, t in zip(info["tags"], info["thresholds"], strict=True)
     )
+    if marked:
+        lines.append(
+            f"  * fallback: under {MIN_POSITIVES} validation positives, or no threshold beat chance; "
+            "a bigger validation split helps"
+        )
     return "\n".join(lines)
 
 
@@ -159,11 +175,14 @@ def main(argv: list[str] | None = None) -> int:
     """``mstagger info [MODEL] [--json]``: print what the bundle knows. Returns 0, or 2 on a bad model."""
     parser = Parser(prog="mstagger info", description=__doc__.splitlines()[0])
     parser.add_argument(
-        "model", nargs="?", type=Path, help="model bundle (default: paths.model of ./params.yaml)"
+        "model",
+        nargs="?",
+        type=Path,
+        help="model bundle (default: paths.model of the params.yaml here or in a parent folder)",
     )
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     args = parser.parse_args(argv)
-    path = args.model if args.model is not None else Path(load_params().paths.model)
+    path = args.model if args.model is not None else project_model("mstagger info PATH")
     info = describe(load_bundle(path), path)
     print(json.dumps(info, indent=2) if args.json else format_info(info))
     return 0

@@ -32,14 +32,16 @@ from mstagger.inference.tagging import (
     keep_heap_for_cpu,
     tag_files,
 )
-from mstagger.params import load_params
+from mstagger.params import project_model
 
 
 def _parser() -> Parser:
     p = Parser(prog="mstagger predict", description=__doc__.splitlines()[0])
     p.add_argument("paths", nargs="+", type=Path, metavar="PATH", help="audio files, and folders to search")
     p.add_argument(
-        "--model", type=Path, help="model bundle (default: paths.model of ./params.yaml, the trained model)"
+        "--model",
+        type=Path,
+        help="model bundle (default: paths.model of the params.yaml here or in a parent folder)",
     )
     p.add_argument(
         "--glob",
@@ -144,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
         if not files:
             where = ", ".join(map(str, args.paths)) + (f" matching --glob {args.glob!r}" if args.glob else "")
             raise UserError(f"no audio files in {where}")
-        model = args.model if args.model is not None else Path(load_params().paths.model)
+        model = args.model if args.model is not None else project_model("--model PATH")
         bundle = load_bundle(model, device=resolve_device(args.device, source="--device"))
         keep_heap_for_cpu(bundle)
         if args.decide and bundle.thresholds is None:

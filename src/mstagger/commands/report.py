@@ -3,11 +3,12 @@
 One run is one draw: a score that moves by 0.01 between seeds cannot show a 0.005 gain. Run the same
 configuration with several seeds (``dvc exp run --queue -S seed=1,2,3,4,5``, then ``dvc queue start``)
 and this command summarises them: it reads ``dvc exp show --json`` (run in the current folder, or a
-saved copy given with ``--from``), keeps the finished experiments (all of them, or those named), and
+saved copy given with ``--from``), keeps the finished experiments and the workspace's run (all of them,
+or those named), and
 prints, per metrics file, every numeric metric's count, mean, sample standard deviation (n - 1), min and
 max, after the protocol and the params that differ between the selected experiments (with a warning
-when the protocols differ: scores of different protocols do not pool). Lists (the bootstrap intervals)
-and text are not summarised.
+when the protocols differ: scores of different protocols do not pool), and says when there are too
+few runs for a spread. Lists (the bootstrap intervals) and text are not summarised.
 """
 
 from __future__ import annotations
@@ -78,10 +79,13 @@ def parse_experiments(shown: list[dict[str, Any]], names: Sequence[str] = ()) ->
     Args:
         shown: the parsed JSON (a list of commit rows, each with its ``experiments``).
         names: keep these, matched by experiment name, commit name or rev prefix (a commit row or the
-            ``workspace`` may be named too); empty: every experiment (not the commits or the workspace).
+            ``workspace`` may be named too); empty: every experiment and the workspace's run (not the
+            commits), the workspace only when it is not the result of one of those experiments (same
+            params and metrics: `dvc exp run` leaves its result in the workspace).
 
     Returns:
-        The selected experiments that have metrics: in the order named, else oldest first.
+        The selected experiments that have metrics: in the order named, else oldest first (the
+        workspace first).
 
     Raises:
         UserError: the JSON is not ``dvc exp show --json`` output, or a named experiment is missing or
@@ -99,7 +103,7 @@ def parse_experiments(shown: list[dict[str, Any]], names: Sequence[str] = ()) ->
         rev, name = str(state["rev"]), state.get("name")
         keys = {rev, str(name)} | ({rev[:7]} if len(rev) >= 7 else set())
         match = {n for n in wanted if n in keys or (len(n) >= 4 and rev.startswith(n))}
-        if (wanted and not match) or (not wanted and not is_exp):
+        if (wanted and not match) or (not wanted and not is_exp and rev != "workspace"):
             continue
         seen |= match
         data = state.get("data") or {}
@@ -113,10 +117,18 @@ def parse_experiments(shown: list[dict[str, Any]], names: Sequence[str] = ()) ->
             continue
         params = {k: v for _, content in _file_data(data.get("params")) for k, v in _flatten(content)}
         order = min(names.index(n) for n in match) if match else str(data.get("timestamp") or "")
-        found.append((order, Experiment(str(name or rev[:7]), rev, params, metrics)))
+        label = str(name or (rev if rev == "workspace" else rev[:7]))
+        found.append((order, Experiment(label, rev, params, metrics)))
     missing = sorted(wanted - seen)
     if missing:
         raise UserError(f"no experiment named {', '.join(missing)} in `dvc exp show`")
+    if not wanted:  # the workspace once: not again when it holds the last `dvc exp run`'s result
+        runs = [e for _, e in found if e.rev != "workspace"]
+        found = [
+            (order, e)
+            for order, e in found
+            if e.rev != "workspace" or not any((r.params, r.metrics) == (e.params, e.metrics) for r in runs)
+        ]
     return [exp for _, exp in sorted(found, key=lambda item: item[0])]
 
 
@@ -180,7 +192,24 @@ def format_report(experiments: Sequence[Experiment]) -> str:
             cells = "".join(f"{_cell(s[c]):>10}" for c in ("mean", "std", "min", "max"))
             lines.append(f"  {key:<{width - 2}}{s['n']:>3}{cells}")
     lines.append("std: sample standard deviation (n - 1)")
+    note = spread_note(table)
+    if note:
+        lines.append(note)
     return "\n".join(lines)
+
+
+def spread_note(table: dict[str, dict[str, dict[str, float]]]) -> str | None:
+    """What to say when the runs are too few for a spread (fewer than 3 values of a metric), else None."""
+    n = min((s["n"] for keys in table.values() for s in keys.values()), default=0)
+    more = "queue more seeds: `dvc exp run --queue -S seed=1,2,3` then `dvc queue start`"
+    if n < 2:
+        return f"n = {n}: one run has no spread, so no std; {more}"
+    if n < MIN_RUNS_FOR_SPREAD:
+        return f"n = {n}: a std from {n} runs is a rough guess; {more}"
+    return None
+
+
+MIN_RUNS_FOR_SPREAD = 3
 
 
 def read_exp_show(source: str | Path | None) -> list[dict[str, Any]]:
@@ -217,7 +246,7 @@ def _parser() -> Parser:
         "experiments",
         nargs="*",
         metavar="EXP",
-        help="experiment names or revs to include (default: every finished experiment)",
+        help="experiment names or revs to include (default: every finished experiment and the workspace)",
     )
     p.add_argument(
         "--from",
@@ -255,6 +284,7 @@ def main(argv: list[str] | None = None) -> int:
                 path: {k: {c: None if math.isnan(x) else x for c, x in s.items()} for k, s in keys.items()}
                 for path, keys in table.items()
             },
+            "note": spread_note(table),
         }
         print(json.dumps(doc))
     else:

@@ -3,7 +3,9 @@
 Two kinds of output, from the same numbers:
 
 - CSV files that ``dvc plots show`` / ``dvc plots diff`` render (``roc.csv``, ``pr.csv`` in long format
-  with a ``tag`` column; ``per_tag_auc.csv``);
+  with a ``tag`` column; ``per_tag_auc.csv`` with the baseline beside the network; ``loss.csv`` and
+  ``validation_auc.csv``, dvclive's per-epoch curves in long format with a ``curve`` column and epochs
+  numbered 1..N as the training log counts them, dvclive's step + 1);
 - PNG figures drawn with matplotlib (``roc.png``, ``pr.png``, ``per_tag_auc.png``, ``training.png``),
   viewable without DVC.
 
@@ -28,7 +30,23 @@ from mstagger.evaluation.scores import pr_points, roc_points
 # Most points kept per curve in the CSV data: enough for a smooth line, small enough for DVC's renderer.
 MAX_CURVE_POINTS = 500
 # The files ``write_evaluation_plots`` writes under the plots folder (dvc.yaml declares the same names).
-PLOT_FILES = ("roc.csv", "pr.csv", "per_tag_auc.csv", "roc.png", "pr.png", "per_tag_auc.png", "training.png")
+PLOT_FILES = (
+    "roc.csv",
+    "pr.csv",
+    "per_tag_auc.csv",
+    "loss.csv",
+    "validation_auc.csv",
+    "roc.png",
+    "pr.png",
+    "per_tag_auc.png",
+    "training.png",
+)
+# The per-epoch curves of the training log drawn by `dvc plots show`: file -> (value column, dvclive
+# TSV under plots/metrics -> the curve's name in the legend).
+EPOCH_CURVES = {
+    "loss.csv": ("loss", {"train/loss.tsv": "training", "val/loss.tsv": "validation"}),
+    "validation_auc.csv": ("auc", {"val/roc_auc.tsv": "ROC-AUC", "val/pr_auc.tsv": "PR-AUC"}),
+}
 
 
 def save_figure(fig: Figure, path: str | Path, dpi: int = 110) -> None:
@@ -205,6 +223,23 @@ def _read_metric_tsv(path: Path) -> pd.DataFrame | None:
     return out.dropna()
 
 
+def write_epoch_curves(train_log_dir: str | Path | None, plots_dir: Path) -> None:
+    """Write :data:`EPOCH_CURVES` from dvclive's TSVs: columns ``epoch`` (1..N), ``curve`` and the value.
+
+    A missing or unreadable TSV leaves its curve out; a file without any curve has the header only.
+    """
+    root = Path(train_log_dir) / "plots" / "metrics" if train_log_dir is not None else None
+    for name, (column, sources) in EPOCH_CURVES.items():
+        parts = []
+        for tsv, curve in sources.items():
+            frame = _read_metric_tsv(root / tsv) if root is not None and (root / tsv).is_file() else None
+            if frame is not None:
+                epochs = frame["step"] + 1  # dvclive counts steps from 0, the log epochs from 1
+                parts.append(pd.DataFrame({"epoch": epochs, "curve": curve, column: frame["value"]}))
+        empty = pd.DataFrame({"epoch": [], "curve": [], column: []})
+        write_csv(pd.concat(parts, ignore_index=True) if parts else empty, plots_dir / name)
+
+
 def plot_training(train_log_dir: str | Path | None, out_png: str | Path) -> int:
     """Draw the training curves dvclive logged, one panel per metric (e.g. loss: train and val).
 
@@ -241,11 +276,11 @@ def plot_training(train_log_dir: str | Path | None, out_png: str | Path) -> int:
     axes = np.atleast_1d(fig.subplots(rows, cols)).ravel()
     for ax, metric in zip(axes, order, strict=False):
         for label, frame in panels[metric]:
-            ax.plot(frame["step"], frame["value"], marker="o", ms=2.5, lw=1.3, label=label)
+            ax.plot(frame["step"] + 1, frame["value"], marker="o", ms=2.5, lw=1.3, label=label)
         if metric == "lr" and (np.concatenate([f["value"].to_numpy() for _, f in panels[metric]]) > 0).all():
             ax.set_yscale("log")
         ax.set_title(metric, fontsize=10)
-        ax.set_xlabel("step (epoch)")
+        ax.set_xlabel("epoch")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
@@ -288,7 +323,9 @@ def write_evaluation_plots(
     write_csv(roc, plots_dir / "roc.csv")
     write_csv(pr, plots_dir / "pr.csv")
     scored = table.dropna(subset=["roc_auc"]).sort_values("roc_auc", ascending=False, kind="stable")
-    write_csv(scored[["tag", "roc_auc"]], plots_dir / "per_tag_auc.csv")
+    columns = ["tag", "roc_auc", *(["baseline_roc_auc"] if "baseline_roc_auc" in scored else [])]
+    write_csv(scored[columns], plots_dir / "per_tag_auc.csv")
+    write_epoch_curves(train_log_dir, plots_dir)
 
     def _title(kind: str, key: str) -> str:
         net, base = macro.get(key, float("nan")), macro.get(f"baseline_{key}", float("nan"))

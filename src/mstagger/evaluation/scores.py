@@ -5,7 +5,8 @@ reported as NaN per tag and left out of the macro averages (and counted), never 
 
 Decisions: the model asserts a tag when its probability is at least the tag's threshold.
 :func:`f1_thresholds` chooses each tag's threshold on the validation split (the one maximising the
-tag's F1); :func:`scores_at_thresholds` scores the decisions on another split.
+tag's F1 among those that beat chance, with a fixed fallback for tags with too few validation
+positives); :func:`scores_at_thresholds` scores the decisions on another split.
 """
 
 from __future__ import annotations
@@ -75,36 +76,46 @@ def macro_scores(y_true: np.ndarray, y_score: np.ndarray) -> dict[str, float | i
     return macro_from_table(per_tag_scores(y_true, y_score, tags))
 
 
-DEFAULT_THRESHOLD = 0.5  # for a tag without validation positives: no F1 to maximise
+DEFAULT_THRESHOLD = 0.5  # the fallback: for a tag whose validation clips cannot choose a threshold
+MIN_POSITIVES = 5  # validation positives a tag needs before its threshold is chosen from them
 
 
 def f1_thresholds(
-    y_true: np.ndarray, y_prob: np.ndarray, default: float = DEFAULT_THRESHOLD
-) -> tuple[np.ndarray, int]:
+    y_true: np.ndarray,
+    y_prob: np.ndarray,
+    default: float = DEFAULT_THRESHOLD,
+    min_positives: int = MIN_POSITIVES,
+) -> tuple[np.ndarray, np.ndarray]:
     """Per tag, the threshold that maximises F1 when the tag is asserted at ``y_prob >= threshold``.
 
-    The candidates are the tag's distinct probabilities (compared at float32, the network's precision);
-    F1 ties go to the lower threshold (the one that asserts more). A tag without a positive example gets
-    ``default``.
+    The candidates are the tag's distinct probabilities (compared at float32, the network's precision)
+    whose decisions beat chance: precision above the tag's share of positive clips. Asserting the tag on
+    every clip has exactly that precision, so it is never chosen; on a small validation split it can be
+    the F1 optimum (one positive scored last makes the threshold its probability, e.g. 1e-17, and the
+    tag is then asserted on everything). F1 ties go to the lower threshold (the one that asserts more).
+
+    A tag falls back to ``default`` when it has fewer than ``min_positives`` positives (a threshold
+    chosen on one or two clips is noise) or when no candidate beats chance.
 
     Args:
         y_true: (clips, tags) 0/1 ground truth, e.g. of the validation split.
         y_prob: (clips, tags) predicted probabilities.
-        default: the threshold of tags without a positive.
+        default: the fallback threshold.
+        min_positives: positives a tag needs before its threshold is chosen.
 
     Returns:
-        (thresholds (tags,) float32 in column order, the number of tags given ``default``).
+        (thresholds (tags,) float32 in column order, fallback (tags,) bool: True where ``default`` was
+        used).
     """
     y_true = np.asarray(y_true).astype(bool)
     y_prob = np.asarray(y_prob, dtype=np.float32)
     if y_true.shape != y_prob.shape:
         raise ValueError(f"shapes differ: y_true {y_true.shape}, y_prob {y_prob.shape}")
     thresholds = np.full(y_true.shape[1], default, dtype=np.float32)
-    n_default = 0
+    fallback = np.ones(y_true.shape[1], dtype=bool)
     for j in range(y_true.shape[1]):
         positives = int(y_true[:, j].sum())
-        if positives == 0:
-            n_default += 1
+        if positives < max(min_positives, 1):
             continue
         order = np.argsort(-y_prob[:, j], kind="stable")
         score, truth = y_prob[order, j], y_true[order, j]  # by decreasing probability
@@ -112,9 +123,14 @@ def f1_thresholds(
         tp = np.cumsum(truth)[last]  # asserting every clip down to that score
         asserted = np.flatnonzero(last) + 1
         f1 = 2 * tp / (asserted + positives)
+        # tp / asserted > positives / clips, in integers: no float ties at exactly the chance rate
+        f1[tp * len(truth) <= positives * asserted] = -1.0
+        if f1.max() <= 0:
+            continue
         best = len(f1) - 1 - int(np.argmax(f1[::-1]))  # the lowest threshold among the ties
         thresholds[j] = score[last][best]
-    return thresholds, n_default
+        fallback[j] = False
+    return thresholds, fallback
 
 
 def scores_at_thresholds(y_true: np.ndarray, y_prob: np.ndarray, thresholds: np.ndarray) -> dict:
