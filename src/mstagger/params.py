@@ -15,8 +15,6 @@ from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-import yaml
-
 PARAMS_FILE = Path("params.yaml")
 DATASETS = ("demo", "mtat")
 SPLIT_METHODS = ("folder", "random", "song", "artist")
@@ -289,15 +287,6 @@ def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
 
 
-def _looks_numeric(text: str) -> bool:
-    """YAML 1.1 reads ``1e-3`` (no dot) as a string; such a value is a number the user meant."""
-    try:
-        float(text)
-    except ValueError:
-        return False
-    return True
-
-
 def _convert(key: str, value: Any, tp: Any) -> Any:
     """Check ``value`` against the annotation ``tp`` and return it in that type."""
     origin = typing.get_origin(tp)
@@ -324,11 +313,6 @@ def _convert(key: str, value: Any, tp: Any) -> Any:
         _, val_tp = typing.get_args(tp)
         return {str(k): _convert(f"{key}.{k}", v, val_tp) for k, v in value.items()}
     if tp is float:
-        if isinstance(value, str) and _looks_numeric(value):
-            _fail(
-                key,
-                f"must be a number, got the string {value!r}; write it with a dot, e.g. 1.0e-3 (YAML 1.1)",
-            )
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             _fail(key, f"must be a number, got {value!r}")
         return float(value)
@@ -389,8 +373,34 @@ def params_from_dict(data: dict[str, Any]) -> Params:
     return _build("", data, Params)
 
 
+def read_yaml(text: str, path: str | Path) -> Any:
+    """Parse ``params.yaml`` exactly as DVC 3 does, so both see the same values.
+
+    DVC reads params files with ``ruamel.yaml``'s safe loader (``dvc.utils.serialize.parse_yaml``):
+    YAML 1.2, where ``010`` is ten and ``1:00`` a string (YAML 1.1 and PyYAML read 8 and 60), and a
+    duplicate key is an error, not "the last one wins".
+
+    Raises:
+        ParamsError: the text is not valid YAML, or holds a key twice.
+    """
+    from ruamel.yaml import YAML
+    from ruamel.yaml.constructor import DuplicateKeyError
+    from ruamel.yaml.error import YAMLError
+
+    try:
+        return YAML(typ="safe").load(text)
+    except DuplicateKeyError as err:
+        mark = err.problem_mark
+        where = f" (line {mark.line + 1})" if mark else ""
+        raise ParamsError(
+            f"params: {path}: {err.problem}{where}; DVC refuses such a file: keep one"
+        ) from None
+    except YAMLError as err:
+        raise ParamsError(f"params: {path} is not valid YAML: {' '.join(str(err).split())}") from None
+
+
 def load_params(path: str | Path = PARAMS_FILE) -> Params:
-    """Read and validate ``params.yaml``.
+    """Read and validate ``params.yaml`` (read as DVC reads it, :func:`read_yaml`).
 
     Args:
         path: the YAML file.
@@ -406,8 +416,4 @@ def load_params(path: str | Path = PARAMS_FILE) -> Params:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise ParamsError(f"params: {path} not found; run from the project root") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as err:
-        raise ParamsError(f"params: {path} is not valid YAML: {err}") from None
-    return params_from_dict(data or {})
+    return params_from_dict(read_yaml(text, path) or {})
