@@ -459,6 +459,15 @@ def _build(prefix: str, data: Any, cls: type) -> Any:
     return obj
 
 
+def section_from_dict(key: str, data: Any, cls: type) -> Any:
+    """Build and validate one section (e.g. ``spectrogram`` into :class:`SpectrogramParams`).
+
+    Raises:
+        ParamsError: naming ``key.<field>`` of the first unknown, mistyped or out-of-range field.
+    """
+    return _build(key, data, cls)
+
+
 def params_from_dict(data: dict[str, Any]) -> Params:
     """Build validated :class:`Params` from a parsed ``params.yaml`` mapping.
 
