@@ -280,7 +280,8 @@ def test_no_two_paths_name_the_same_file_or_one_inside_another(paths, key):
 
 
 def test_the_download_cache_must_survive_the_download_stage():
-    with pytest.raises(ParamsError, match=r"^params: download.cache_dir: data/raw/cache lies in data/raw"):
+    expected = r"^params: download.cache_dir: data/raw/cache lies in paths.raw \(data/raw\)"
+    with pytest.raises(ParamsError, match=expected):
         params_from_dict(merged(repo_params_dict(), {"download": {"cache_dir": "data/raw/cache"}}))
 
 

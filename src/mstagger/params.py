@@ -360,9 +360,9 @@ def overlaps(paths: PathsParams, key: str = "paths", cache_dir: str | None = Non
                     if a == b:
                         clash = f"{b} is also {what}"
                     elif a in b.parents and a != metrics:
-                        clash = f"{b} lies in {a} ({what})"
+                        clash = f"{b} lies in {what} ({a})"
                     elif b in a.parents and b != metrics:
-                        clash = f"{b} holds {a} ({what})"
+                        clash = f"{b} holds {what} ({a})"
                     else:
                         continue
                     _fail(later, f"{clash}; every output needs a path of its own, outside the others")
