@@ -59,7 +59,6 @@ EDITS = {
     "a weight nan": lambda p: p["state_dict"]["head.4.bias"].fill_(float("nan")),
     "unknown spectrogram key": lambda p: p["spectrogram"].__setitem__("fmax", 5000),
     "spectrogram None": lambda p: p.__setitem__("spectrogram", None),
-    "spectrogram of another size": lambda p: p["spectrogram"].__setitem__("clip_seconds", 5.0),
     "mean of another length": lambda p: p.__setitem__("mean", torch.zeros(31)),
     "mean a list": lambda p: p.__setitem__("mean", [0.0] * 32),
     "std zero": lambda p: p["std"].__setitem__(0, 0.0),
@@ -92,6 +91,12 @@ def test_info_refuses_an_unusable_bundle_in_one_line(good, tmp_path, capsys, nam
     assert len(err) == 1 and err[0].startswith(f"error: {bundle} is not a usable model bundle: "), err
 
 
+def mstagger(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "mstagger.cli", *args], capture_output=True, text=True, timeout=120
+    )
+
+
 @pytest.mark.parametrize("name", ["49 names for 50 outputs", "no precision", "n_mels a string"])
 def test_predict_and_info_processes_exit_2_without_a_traceback(good, tmp_path, name):
     """The commands as a user runs them (rc 1 and a KeyError/TypeError traceback before)."""
@@ -99,9 +104,23 @@ def test_predict_and_info_processes_exit_2_without_a_traceback(good, tmp_path, n
     song = tmp_path / "song.wav"
     sf.write(song, np.zeros(22050 * 4, np.float32), 22050)
     for args in (["info", str(bundle)], ["predict", str(song), "--model", str(bundle)]):
-        result = subprocess.run(
-            [sys.executable, "-m", "mstagger.cli", *args], capture_output=True, text=True, timeout=120
-        )
+        result = mstagger(*args)
         assert result.returncode == 2, result.stderr
         assert result.stderr.strip().splitlines()[-1].startswith(f"error: {bundle} is not a usable")
         assert "Traceback" not in result.stderr
+
+
+def test_a_bundle_whose_windows_its_network_cannot_take_ends_predict_in_one_line(good, tmp_path):
+    """The spectrogram section edited to 5 s windows (109 frames) for a network of 66: a ValueError
+    traceback per batch before. info still reports it: nothing it prints needs the two to agree."""
+    bundle = edited(Path(str(good)), lambda p: p["spectrogram"].__setitem__("clip_seconds", 5.0))
+    song = tmp_path / "song.wav"
+    t = np.arange(22050 * 6) / 22050
+    sf.write(song, (0.3 * np.sin(2 * np.pi * 330 * t)).astype(np.float32), 22050)
+    result = mstagger("predict", str(song), "--model", str(bundle))
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip().splitlines()[-1] == (
+        "error: the model bundle's spectrogram gives 32 x 109 windows, its network takes 32 x 66; "
+        "retrain it with `dvc repro` (extract, then train)"
+    )
+    assert "Traceback" not in result.stderr

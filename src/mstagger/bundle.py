@@ -144,6 +144,10 @@ def predict_logits(
     return torch.cat(out).cpu() if out else torch.zeros((0, n_tags))
 
 
+class UnusableBundle(UserError, ValueError):
+    """A bundle that loads but cannot tag audio: one ``error:`` line, status 2."""
+
+
 @dataclass
 class Bundle:
     """A trained tagger ready for inference (see :func:`load_bundle`)."""
@@ -181,10 +185,19 @@ class Bundle:
         """Tag probabilities (B, n_tags) in ``self.tags`` order for raw log-mel (B, n_mels, n_frames).
 
         Raises:
+            UnusableBundle: the bundle's own spectrogram parameters give windows of another size than
+                its network takes (its windows could never fit).
             ValueError: the spectrograms are not of the geometry the network was trained on.
         """
         cfg = self.model.config
-        if mels.ndim != 3 or tuple(mels.shape[1:]) != (cfg.n_mels, cfg.n_frames):
+        windows = (self.spectrogram.n_mels, self.spectrogram.n_frames)
+        fits = mels.ndim == 3 and tuple(mels.shape[1:]) == (cfg.n_mels, cfg.n_frames)
+        if not fits and windows != (cfg.n_mels, cfg.n_frames):
+            raise UnusableBundle(
+                f"the model bundle's spectrogram gives {windows[0]} x {windows[1]} windows, its network "
+                f"takes {cfg.n_mels} x {cfg.n_frames}; retrain it with `dvc repro` (extract, then train)"
+            )
+        if not fits:
             raise ValueError(f"expected (B, {cfg.n_mels}, {cfg.n_frames}) log-mel, got {tuple(mels.shape)}")
         logits = predict_logits(self.tagger, mels, precision=self.precision, batch_size=batch_size)
         return torch.sigmoid(logits).numpy()
@@ -377,16 +390,11 @@ def _bundle_from(payload: dict[str, Any], device: str | torch.device) -> Bundle:
         )
         _need(bool(torch.isfinite(value).all()), f"{key} holds nan or inf")
     _need(bool((payload["std"] > 0).all()), "std holds a value <= 0")
+    _need(isinstance(payload["spectrogram"], dict), "spectrogram is not a mapping")
     try:
         spectrogram = section_from_dict("spectrogram", payload["spectrogram"], SpectrogramParams)
     except ParamsError as err:
         raise _Unusable(str(err).removeprefix("params: ")) from None
-    geometry = (spectrogram.n_mels, spectrogram.n_frames)
-    _need(
-        geometry == (n_mels, network.config.n_frames),
-        f"its spectrogram gives {geometry[0]} x {geometry[1]} inputs, its network takes "
-        f"{n_mels} x {network.config.n_frames}",
-    )
     precision = payload["precision"]
     _need(precision in PRECISIONS, f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     for key in ("params", "training"):
