@@ -136,8 +136,24 @@ def test_a_users_folder_named_as_paths_raw_survives_dvc_repro(repo):
         ({"learning_rate": 0.1}, "params: learning_rate: unknown key"),
         # (an output inside another DVC refuses by itself; the checkpoint is no output, so we check)
         ({"paths.checkpoint": "data/raw/c.pt"}, "params: paths.checkpoint: data/raw/c.pt lies in paths.raw"),
+        # issue 22: train deleted the model it wrote; the network refused 3 frames after 3 stages reran
+        (
+            {"paths.checkpoint": "models/model.pt"},
+            "params: paths.checkpoint: models/model.pt is also paths.model",
+        ),
+        ({"spectrogram.clip_seconds": 0.05}, "params: spectrogram: 32 mel bands x 3 frames"),
+        ({"weight_decay": float("nan")}, "params: weight_decay: must be a finite number, got nan"),
     ],
-    ids=["absolute-path", "dotdot-path", "batch-size-1", "unknown-top-level-key", "checkpoint-inside-raw"],
+    ids=[
+        "absolute-path",
+        "dotdot-path",
+        "batch-size-1",
+        "unknown-top-level-key",
+        "checkpoint-inside-raw",
+        "checkpoint-is-the-model",
+        "spectrogram-too-small-for-the-network",
+        "weight-decay-nan",
+    ],
 )
 def test_a_bad_param_is_one_line_before_any_work(repo, changes, message):
     outside = repo.parent / "victim"

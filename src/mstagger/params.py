@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import math
 import os
+import re
+import struct
+import threading
 import types
 import typing
 from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path, PurePosixPath
 from typing import Any
-
-import yaml
 
 from mstagger.core.errors import UserError
 from mstagger.protocols import CUSTOM, fixed_values, paper_synonyms, protocol_names, protocols
@@ -34,6 +35,21 @@ WHOLE_FOLDERS = {
 }
 # torch.compile modes; reduce-overhead adds CUDA graphs. "none" trains eagerly.
 COMPILE_MODES = ("none", "default", "reduce-overhead", "max-autotune")
+# The files the stages write into paths.metrics (dvc.yaml declares the same names): <stage>.json, and
+# evaluate's scores.
+METRICS_FILES = (
+    *(f"{stage}.json" for stage in ("params", "download", "extract", "prepare", "train", "evaluate")),
+    "test.json",
+    "test_per_tag.csv",
+)
+# The pipeline's own files: no output may be, or lie in, one of them.
+PROJECT_FILES = (".git", ".dvc", ".dvcignore", "dvc.yaml", "dvc.lock", "params.yaml", "src")
+# The rates an MP3 can have (MPEG-1, 2 and 2.5): the only ones the demo's MP3 writer (libsndfile) takes.
+MP3_SAMPLE_RATES = (8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000)
+# Integers go into NumPy and PyTorch as int64; PyTorch's device index is an int8 (cuda:128 is cuda:-128).
+INT64 = (-(2**63), 2**63 - 1)
+DEVICE = re.compile(r"auto|cpu|cuda|cuda:(0|[1-9][0-9]{0,2})")
+MAX_CUDA_INDEX = 127
 
 
 class ParamsError(UserError, ValueError):
@@ -70,16 +86,7 @@ class PathsParams:
                 )
             if parts in ((".",), ()):
                 _fail(f"{key}.{name}", f"must name a file or folder below the repository root, got {value!r}")
-        # A folder a stage replaces whole must not hold any other output: the stage would delete it.
-        norm = {f.name: PurePosixPath(os.path.normpath(getattr(self, f.name))) for f in fields(self)}
-        for whole in WHOLE_FOLDERS:
-            for other, path in norm.items():
-                if other != whole and (path == norm[whole] or norm[whole] in path.parents):
-                    _fail(
-                        f"{key}.{other}",
-                        f"{path} lies in paths.{whole} ({norm[whole]}), which the {WHOLE_FOLDERS[whole]} "
-                        "stage replaces whole; choose a path outside it",
-                    )
+        overlaps(self, key)
 
 
 @dataclass(frozen=True)
@@ -95,8 +102,11 @@ class DemoParams:
         for name in ("n_artists", "albums_per_artist", "songs_per_album", "clips_per_song"):
             if getattr(self, name) < 1:
                 _fail(f"{key}.{name}", f"must be at least 1, got {getattr(self, name)}")
-        if self.sample_rate < 8000:
-            _fail(f"{key}.sample_rate", f"must be at least 8000 Hz, got {self.sample_rate}")
+        if self.sample_rate not in MP3_SAMPLE_RATES:
+            rates = ", ".join(map(str, MP3_SAMPLE_RATES))
+            _fail(
+                f"{key}.sample_rate", f"must be a rate an MP3 can have ({rates} Hz), got {self.sample_rate}"
+            )
         if not 0 <= self.broken_clips <= 2:
             _fail(f"{key}.broken_clips", f"must be 0, 1 or 2, got {self.broken_clips}")
 
@@ -115,8 +125,15 @@ class DownloadParams:
             _fail(f"{key}.base_url", f"must start with http://, https:// or file://, got {self.base_url!r}")
         if self.retries < 1:
             _fail(f"{key}.retries", f"must be at least 1, got {self.retries}")
-        if self.timeout <= 0:
-            _fail(f"{key}.timeout", f"must be positive, got {self.timeout}")
+        # The wait before attempt n is 2**(n - 2) s: time.sleep takes at most threading.TIMEOUT_MAX.
+        max_retries = 2 + int(math.log2(threading.TIMEOUT_MAX))
+        if self.retries > max_retries:
+            _fail(f"{key}.retries", f"must be at most {max_retries} (the wait doubles), got {self.retries}")
+        if not 0 < self.timeout <= threading.TIMEOUT_MAX:  # a socket takes no longer timeout
+            _fail(
+                f"{key}.timeout",
+                f"must be positive, at most {threading.TIMEOUT_MAX:.0f} s, got {self.timeout}",
+            )
         for name, digest in (self.sha256 or {}).items():
             if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest.lower()):
                 _fail(f"{key}.sha256.{name}", f"must be 64 hex digits, got {digest!r}")
@@ -139,8 +156,18 @@ class SpectrogramParams:
             _fail(f"{key}.hop_length", f"must not exceed n_fft ({self.n_fft}), got {self.hop_length}")
         if self.clip_seconds <= 0:
             _fail(f"{key}.clip_seconds", f"must be positive, got {self.clip_seconds}")
-        if self.log_floor <= 0:
-            _fail(f"{key}.log_floor", f"must be positive, got {self.log_floor}")
+        if not self.clip_seconds * self.sample_rate / self.hop_length < INT64[1]:
+            _fail(
+                f"{key}.clip_seconds", f"gives more frames than fit a 64-bit integer, got {self.clip_seconds}"
+            )
+        # extract computes the mel power in float32: a floor that rounds to 0 there makes log(0) = -inf
+        # out of silence, one that overflows makes every feature inf.
+        if not 0 < _float32(self.log_floor) < math.inf:
+            _fail(
+                f"{key}.log_floor",
+                f"must be a positive float32 (1.4e-45 to 3.4e38: extract computes in float32), "
+                f"got {self.log_floor}",
+            )
 
     @property
     def n_frames(self) -> int:
@@ -251,7 +278,7 @@ class Params:
         if self.protocol not in protocol_names():
             _fail("protocol", f"must be one of {', '.join(protocol_names())}, got {self.protocol!r}")
         self._check_protocol_keys()
-        if self.seed < 0:
+        if self.seed < 0:  # at most INT64's: train seeds torch with seed + 1,000,003 x rank (< 2**64)
             _fail("seed", f"must be non-negative, got {self.seed}")
         if not (self.lr > 0 and math.isfinite(self.lr)):
             _fail("lr", f"must be a positive number, got {self.lr}")
@@ -269,8 +296,12 @@ class Params:
             _fail("lr_gamma", f"must be in (0, 1], got {self.lr_gamma}")
         if self.weight_decay < 0:
             _fail("weight_decay", f"must be non-negative, got {self.weight_decay}")
-        if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
-            _fail("device", f"must be auto, cpu, cuda or cuda:N, got {self.device!r}")
+        match = DEVICE.fullmatch(self.device)
+        if not match or int(match.group(1) or 0) > MAX_CUDA_INDEX:
+            _fail(
+                "device",
+                f"must be auto, cpu, cuda or cuda:N (N from 0 to {MAX_CUDA_INDEX}), got {self.device!r}",
+            )
         if self.precision not in PRECISIONS:
             _fail("precision", f"must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         if self.bn_recalibration_clips < 0 or self.bn_recalibration_clips == 1:
@@ -290,6 +321,7 @@ class Params:
             _fail("compile", f"must be one of {', '.join(COMPILE_MODES)}, got {self.compile!r}")
         if self.nproc_per_node < 1:
             _fail("nproc_per_node", f"must be at least 1, got {self.nproc_per_node}")
+        overlaps(self.paths, cache_dir=self.download.cache_dir)
 
     def _check_protocol_keys(self) -> None:
         """Under a named protocol, ``tags.*`` and ``split.*`` keep their defaults or the protocol's values.
@@ -321,17 +353,67 @@ class Params:
             )
 
 
+def _norm(path: str) -> PurePosixPath:
+    return PurePosixPath(os.path.normpath(path))
+
+
+def _owned(paths: PathsParams, cache_dir: str | None = None) -> dict[str, list[PurePosixPath]]:
+    """What each path key claims, by key: a folder and all below it, or a file (nothing may lie below).
+
+    A whole folder claims itself; ``model`` its file; ``checkpoint`` its file and the ``.set-aside``
+    copy train keeps of one it cannot resume; ``metrics`` only the files the stages write into it
+    (``train_log`` may lie in it); ``download.cache_dir`` its folder.
+    """
+    owned = {"metrics": [_norm(paths.metrics) / name for name in METRICS_FILES]}
+    owned.update({name: [_norm(getattr(paths, name))] for name in WHOLE_FOLDERS})
+    owned["model"] = [_norm(paths.model)]
+    owned["checkpoint"] = [_norm(paths.checkpoint), _norm(paths.checkpoint + ".set-aside")]
+    if cache_dir is not None:
+        owned["download.cache_dir"] = [_norm(cache_dir)]
+    return {name if "." in name else f"paths.{name}": claims for name, claims in owned.items()}
+
+
+def overlaps(paths: PathsParams, key: str = "paths", cache_dir: str | None = None) -> None:
+    """No two outputs name the same file or one inside the other, and none is one of the project's files.
+
+    Raises:
+        ParamsError: naming the later key of the first clash and the earlier one.
+    """
+    owned = _owned(paths, cache_dir)
+    for name, claims in owned.items():
+        for claim in claims:
+            if claim.parts[0] in PROJECT_FILES:
+                _fail(
+                    name, f"{claim} is, or lies in, the project's own {claim.parts[0]}; choose another path"
+                )
+    metrics = _norm(paths.metrics)  # a folder of files of several stages: it may hold other outputs
+    names = list(owned)
+    for j, later in enumerate(names):
+        for earlier in names[:j]:
+            for a in owned[earlier] + ([metrics] if earlier == "paths.metrics" else []):
+                for b in owned[later] + ([metrics] if later == "paths.metrics" else []):
+                    what = earlier if a == metrics or earlier != "paths.metrics" else f"{earlier}'s {a.name}"
+                    if a == b:
+                        clash = f"{b} is also {what}"
+                    elif a in b.parents and a != metrics:
+                        clash = f"{b} lies in {what} ({a})"
+                    elif b in a.parents and b != metrics:
+                        clash = f"{b} holds {what} ({a})"
+                    else:
+                        continue
+                    _fail(later, f"{clash}; every output needs a path of its own, outside the others")
+
+
+def _float32(value: float) -> float:
+    """``value`` rounded to float32 (inf when it overflows)."""
+    try:
+        return struct.unpack("f", struct.pack("f", value))[0]
+    except OverflowError:
+        return math.copysign(math.inf, value)
+
+
 def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
-
-
-def _looks_numeric(text: str) -> bool:
-    """YAML 1.1 reads ``1e-3`` (no dot) as a string; such a value is a number the user meant."""
-    try:
-        float(text)
-    except ValueError:
-        return False
-    return True
 
 
 def _convert(key: str, value: Any, tp: Any) -> Any:
@@ -360,14 +442,15 @@ def _convert(key: str, value: Any, tp: Any) -> Any:
         _, val_tp = typing.get_args(tp)
         return {str(k): _convert(f"{key}.{k}", v, val_tp) for k, v in value.items()}
     if tp is float:
-        if isinstance(value, str) and _looks_numeric(value):
-            _fail(
-                key,
-                f"must be a number, got the string {value!r}; write it with a dot, e.g. 1.0e-3 (YAML 1.1)",
-            )
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             _fail(key, f"must be a number, got {value!r}")
-        return float(value)
+        try:
+            number = float(value)
+        except OverflowError:  # an integer beyond float's range
+            number = math.inf
+        if not math.isfinite(number):  # no stage has a use for nan or inf
+            _fail(key, f"must be a finite number, got {value!r}")
+        return number
     if tp is bool:
         if not isinstance(value, bool):
             _fail(key, f"must be true or false, got {value!r}")
@@ -375,6 +458,8 @@ def _convert(key: str, value: Any, tp: Any) -> Any:
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
             _fail(key, f"must be an integer, got {value!r}")
+        if not INT64[0] <= value <= INT64[1]:
+            _fail(key, f"must fit in 64 bits (NumPy and PyTorch take no more), got {value}")
         return value
     if tp is str:
         if not isinstance(value, str):
@@ -410,6 +495,15 @@ def _build(prefix: str, data: Any, cls: type) -> Any:
     return obj
 
 
+def section_from_dict(key: str, data: Any, cls: type) -> Any:
+    """Build and validate one section (e.g. ``spectrogram`` into :class:`SpectrogramParams`).
+
+    Raises:
+        ParamsError: naming ``key.<field>`` of the first unknown, mistyped or out-of-range field.
+    """
+    return _build(key, data, cls)
+
+
 def params_from_dict(data: dict[str, Any]) -> Params:
     """Build validated :class:`Params` from a parsed ``params.yaml`` mapping.
 
@@ -425,6 +519,32 @@ def params_from_dict(data: dict[str, Any]) -> Params:
     return _build("", data, Params)
 
 
+def read_yaml(text: str, path: str | Path) -> Any:
+    """Parse ``params.yaml`` exactly as DVC 3 does, so both see the same values.
+
+    DVC reads params files with ``ruamel.yaml``'s safe loader (``dvc.utils.serialize.parse_yaml``):
+    YAML 1.2, where ``010`` is ten and ``1:00`` a string (YAML 1.1 and PyYAML read 8 and 60), and a
+    duplicate key is an error, not "the last one wins".
+
+    Raises:
+        ParamsError: the text is not valid YAML, or holds a key twice.
+    """
+    from ruamel.yaml import YAML
+    from ruamel.yaml.constructor import DuplicateKeyError
+    from ruamel.yaml.error import YAMLError
+
+    try:
+        return YAML(typ="safe").load(text)
+    except DuplicateKeyError as err:
+        mark = err.problem_mark
+        where = f" (line {mark.line + 1})" if mark else ""
+        raise ParamsError(
+            f"params: {path}: {err.problem}{where}; DVC refuses such a file: keep one"
+        ) from None
+    except YAMLError as err:
+        raise ParamsError(f"params: {path} is not valid YAML: {' '.join(str(err).split())}") from None
+
+
 # A stand-in for ``paths`` when a partial file (a command that writes nothing) leaves it out.
 _NO_PATHS = {f.name: f.name for f in fields(PathsParams)}
 
@@ -435,7 +555,7 @@ def default_params() -> Params:
 
 
 def load_params(path: str | Path = PARAMS_FILE, *, partial: bool = False) -> Params:
-    """Read and validate ``params.yaml``.
+    """Read and validate ``params.yaml`` (read as DVC reads it, :func:`read_yaml`).
 
     Args:
         path: the YAML file.
@@ -453,10 +573,7 @@ def load_params(path: str | Path = PARAMS_FILE, *, partial: bool = False) -> Par
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise ParamsError(f"params: {path} not found; run from the project root") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as err:
-        raise ParamsError(f"params: {path} is not valid YAML: {err}") from None
+    data = read_yaml(text, path)
     if partial and isinstance(data, dict | None):
         data = {"paths": _NO_PATHS, **(data or {})}
     return params_from_dict(data or {})

@@ -8,8 +8,9 @@ params it was trained with and the git revision. It is written atomically and lo
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -19,10 +20,14 @@ import torch
 from mstagger.core.errors import UserError
 from mstagger.core.outputs import atomic_path
 from mstagger.inference.tagger import Tagger, predict_logits
-from mstagger.model import MultiScaleCNN
-from mstagger.params import SpectrogramParams
+from mstagger.model import ModelConfig, MultiScaleCNN
+from mstagger.params import PRECISIONS, ParamsError, SpectrogramParams, section_from_dict
 
 FORMAT = "mstagger-bundle/3"  # 3: decision thresholds per tag
+
+
+class UnusableBundle(UserError, ValueError):
+    """A bundle that loads but cannot tag audio: one ``error:`` line, status 2."""
 
 
 @dataclass
@@ -62,10 +67,19 @@ class Bundle:
         """Tag probabilities (B, n_tags) in ``self.tags`` order for raw log-mel (B, n_mels, n_frames).
 
         Raises:
+            UnusableBundle: the bundle's own spectrogram parameters give windows of another size than
+                its network takes (its windows could never fit).
             ValueError: the spectrograms are not of the geometry the network was trained on.
         """
         cfg = self.model.config
-        if mels.ndim != 3 or tuple(mels.shape[1:]) != (cfg.n_mels, cfg.n_frames):
+        windows = (self.spectrogram.n_mels, self.spectrogram.n_frames)
+        fits = mels.ndim == 3 and tuple(mels.shape[1:]) == (cfg.n_mels, cfg.n_frames)
+        if not fits and windows != (cfg.n_mels, cfg.n_frames):
+            raise UnusableBundle(
+                f"the model bundle's spectrogram gives {windows[0]} x {windows[1]} windows, its network "
+                f"takes {cfg.n_mels} x {cfg.n_frames}; retrain it with `dvc repro` (extract, then train)"
+            )
+        if not fits:
             raise ValueError(f"expected (B, {cfg.n_mels}, {cfg.n_frames}) log-mel, got {tuple(mels.shape)}")
         logits = predict_logits(self.tagger, mels, precision=self.precision, batch_size=batch_size)
         return torch.sigmoid(logits).numpy()
@@ -181,17 +195,129 @@ def load_bundle(path: str | Path, device: str | torch.device = "cpu") -> Bundle:
             f"{path} is not an mstagger model bundle of format {FORMAT} (found {found!r}); "
             "retrain it with `dvc repro train`"
         )
-    network = MultiScaleCNN(**payload["model_config"])
-    network.load_state_dict(payload["state_dict"])
-    tagger = Tagger(network, payload["mean"].numpy(), payload["std"].numpy())
+    try:
+        return _bundle_from(payload, device)
+    except _Unusable as err:
+        raise UserError(
+            f"{path} is not a usable model bundle: {err}; retrain it with `dvc repro train`"
+        ) from None
+
+
+class _Unusable(ValueError):
+    """What makes a payload of the right format unusable (a hand-edited or damaged bundle)."""
+
+
+def _need(ok: bool, what: str) -> None:
+    if not ok:
+        raise _Unusable(what)
+
+
+def _is_number(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+# The facts of the run that ``mstagger info`` reports, and the types they must have (None: absent).
+_FACTS = {
+    ("params", "dataset"): str,
+    ("params", "seed"): int,
+    ("training", "epochs"): int,
+    ("training", "best_epoch"): int,
+    ("training", "thresholds_default"): int,
+    ("training", "val_roc_auc"): float,
+    ("training", "val_pr_auc"): float,
+    ("training", "val_loss"): float,
+}
+_KEYS = ("state_dict", "model_config", "tags", "mean", "std", "spectrogram", "precision", "params")
+_KEYS += ("training", "git_rev", "thresholds")
+
+
+def _bundle_from(payload: dict[str, Any], device: str | torch.device) -> Bundle:
+    """Check every field of a payload against what inference needs, then build the :class:`Bundle`.
+
+    Raises:
+        _Unusable: the first field that is missing, of the wrong type or inconsistent with the others.
+    """
+    missing = [k for k in _KEYS if k not in payload]
+    _need(not missing, f"it lacks {', '.join(missing)}")
+    config = payload["model_config"]
+    known = {f.name: f.type for f in fields(ModelConfig)}
+    _need(
+        isinstance(config, dict) and set(config) <= set(known),
+        f"model_config is not a ModelConfig: {config!r}",
+    )
+    for key, value in config.items():
+        kind = int if known[key] in (int, "int") else float
+        _need(
+            _is_number(value) and (kind is float or isinstance(value, int)),
+            f"model_config.{key} must be {'an integer' if kind is int else 'a number'}, got {value!r}",
+        )
+    try:
+        network = MultiScaleCNN(**config)
+    except (ValueError, TypeError, RuntimeError) as err:  # sizes < 1, dropout outside [0, 1]...
+        raise _Unusable(f"model_config {config} builds no network ({err})") from None
+    n_tags, n_mels = network.config.n_tags, network.config.n_mels
+    _need(n_tags >= 1, "its network has no output")
+    state = payload["state_dict"]
+    _need(
+        isinstance(state, dict) and all(isinstance(v, torch.Tensor) for v in state.values()),
+        "state_dict is not a mapping of tensors",
+    )
+    try:
+        network.load_state_dict(state)
+    except RuntimeError as err:  # missing or unexpected weights, or other shapes
+        raise _Unusable(f"its weights do not fit its model_config ({' '.join(str(err).split())})") from None
+    _need(
+        all(bool(torch.isfinite(v).all()) for v in state.values() if v.is_floating_point()),
+        "its weights hold nan or inf",
+    )
+    tags = payload["tags"]
+    _need(
+        isinstance(tags, list) and all(isinstance(t, str) and t for t in tags), "tags is not a list of names"
+    )
+    _need(len(tags) == n_tags, f"{len(tags)} tag names for a network with {n_tags} outputs")
+    _need(len(set(tags)) == len(tags), "a tag name appears twice")
+    for key in ("mean", "std"):
+        value = payload[key]
+        _need(
+            isinstance(value, torch.Tensor) and tuple(value.shape) == (n_mels,) and value.is_floating_point(),
+            f"{key} must be a tensor of {n_mels} numbers (one per mel band)",
+        )
+        _need(bool(torch.isfinite(value).all()), f"{key} holds nan or inf")
+    _need(bool((payload["std"] > 0).all()), "std holds a value <= 0")
+    _need(isinstance(payload["spectrogram"], dict), "spectrogram is not a mapping")
+    try:
+        spectrogram = section_from_dict("spectrogram", payload["spectrogram"], SpectrogramParams)
+    except ParamsError as err:
+        raise _Unusable(str(err).removeprefix("params: ")) from None
+    precision = payload["precision"]
+    _need(precision in PRECISIONS, f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    for key in ("params", "training"):
+        _need(isinstance(payload[key], dict), f"{key} is not a mapping")
+    _need(isinstance(payload["params"].get("split", {}), dict), "params.split is not a mapping")
+    for (section, key), kind in _FACTS.items():
+        value = payload[section].get(key)
+        ok = value is None or (_is_number(value) if kind is float else isinstance(value, kind))
+        _need(ok and not isinstance(value, bool), f"{section}.{key} must be {kind.__name__}, got {value!r}")
+    _need(isinstance(payload["git_rev"], str), f"git_rev must be a string, got {payload['git_rev']!r}")
+    thresholds = payload["thresholds"]
+    if thresholds is not None:
+        _need(
+            isinstance(thresholds, list) and len(thresholds) == n_tags,
+            f"thresholds must be a list of {n_tags} numbers, one per tag",
+        )
+        _need(
+            all(_is_number(t) and 0 <= t <= 1 for t in thresholds),
+            "thresholds must be probabilities in [0, 1]",
+        )
+    tagger = Tagger(network, payload["mean"].float().numpy(), payload["std"].float().numpy())
     tagger.to(device, memory_format=torch.channels_last).eval()
     return Bundle(
         tagger=tagger,
-        tags=list(payload["tags"]),
-        spectrogram=SpectrogramParams(**payload["spectrogram"]),
-        precision=payload["precision"],
+        tags=list(tags),
+        spectrogram=spectrogram,
+        precision=precision,
         params=payload["params"],
         git_rev=payload["git_rev"],
         training=payload["training"],
-        thresholds=None if payload["thresholds"] is None else np.asarray(payload["thresholds"], np.float32),
+        thresholds=None if thresholds is None else np.asarray(thresholds, np.float32),
     )
