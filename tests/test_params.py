@@ -63,6 +63,8 @@ def test_lr_is_a_top_level_key_so_dvc_exp_run_s_lr_works():
         ({"lr_milestones": [30, 20]}, "lr_milestones"),
         ({"device": "tpu"}, "device"),
         ({"precision": "fp8"}, "precision"),
+        ({"deterministic": "yes"}, "deterministic"),
+        ({"cpu_threads": -1}, "cpu_threads"),
         ({"learning_rate": 0.1}, "learning_rate"),
         ({"split": {"size": 3}}, "split.size"),
         ({"paths": "data"}, "paths"),
