@@ -62,7 +62,8 @@ def check(rev: str, spread_file: Path) -> list[str]:
         if got != want:
             failures.append(
                 f"stage {stage}: {path} hashes to {got}, the committed dvc.lock says {want}: this machine "
-                "computed other bits (docs/reproducibility.md says what must be identical)"
+                "computed other bits (docs/reproducibility.md says what must be identical), or the "
+                "committed dvc.lock is stale (run dvc repro and commit dvc.lock with the code)"
             )
         else:
             print(f"{stage}: {path} is bit-identical to the committed dvc.lock ({got})")
