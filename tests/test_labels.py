@@ -228,6 +228,37 @@ def test_train_stats_ignore_non_training_rows(tmp_path):
         train_stats(mel, [], progress=False)
 
 
+def test_train_stats_are_the_same_bits_whatever_the_order_and_chunking(tmp_path):
+    """The statistics are counted, not summed in a running order: any chunk size, row order or
+    placement of the clips in the file gives the same float64 bits (a float64 running sum does not)."""
+    rng = np.random.default_rng(5)
+    data = (rng.normal(size=(40, 6, 50)) * 10.0 ** rng.uniform(-1, 1.5, size=(40, 6, 1)) - 20).astype(
+        np.float16
+    )
+    train = np.arange(0, 40, 2)
+    mean, std = train_stats(data, train, chunk_clips=64, progress=False)
+    ref = data[train].astype(np.float64)
+    np.testing.assert_allclose(mean, ref.mean(axis=(0, 2)), rtol=1e-13)
+    np.testing.assert_allclose(std, ref.std(axis=(0, 2)), rtol=1e-12)
+    moved = np.random.default_rng(6).permutation(40)  # the same clips at other rows of the file
+    placed = np.empty_like(data)
+    placed[moved] = data
+    for chunk in (1, 3, 7):
+        for mel, rows in ((data, train[::-1]), (placed, moved[train])):
+            other_mean, other_std = train_stats(mel, rows, chunk_clips=chunk, progress=False)
+            assert other_mean.tobytes() == mean.tobytes() and other_std.tobytes() == std.tobytes()
+
+
+def test_train_stats_name_what_to_do_with_a_bad_array():
+    with pytest.raises(UserError, match=r"float32 values.*re-run the extract stage"):
+        train_stats(np.zeros((2, 3, 4), np.float32), [0], progress=False)
+    bad = np.zeros((2, 3, 4), np.float16)
+    bad[1, 2, 3] = np.inf
+    with pytest.raises(UserError, match="non-finite"):
+        train_stats(bad, [1], progress=False)
+    train_stats(bad, [0], progress=False)  # only the training rows count
+
+
 # ------------------------------------------------------------------------------- real MTAT metadata
 
 

@@ -84,6 +84,8 @@ def test_dvc_s_rewrites_exactly_one_line_of_the_committed_params(tmp_path, overr
         ({"lr_milestones": [30, 20]}, "lr_milestones"),
         ({"device": "tpu"}, "device"),
         ({"precision": "fp8"}, "precision"),
+        ({"deterministic": "yes"}, "deterministic"),
+        ({"cpu_threads": -1}, "cpu_threads"),
         ({"learning_rate": 0.1}, "learning_rate"),
         ({"split": {"size": 3}}, "split.size"),
         ({"paths": "data"}, "paths"),

@@ -2,6 +2,7 @@
 
 import json
 import math
+import os
 from dataclasses import replace
 from pathlib import Path
 
@@ -129,6 +130,48 @@ def test_training_is_deterministic_on_cpu(tmp_path):
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
     _, c = run(tmp_path, "c", data, precision="bf16", seed=7)
     assert (a / "log/metrics.json").read_text() != (c / "log/metrics.json").read_text()
+
+
+def test_cpu_training_gives_the_same_bits_whatever_thread_count_the_machine_has(tmp_path):
+    """The backward pass's sums are split by thread, so a step's bits depend on the thread count:
+    training uses params' cpu_threads (default 2), not what the process was started with."""
+    data = tiny_train_data()
+    before = torch.get_num_threads()
+
+    def weights_after(name: str, ambient: int, **extra) -> tuple[dict, dict]:
+        torch.set_num_threads(ambient)  # as on a machine with this many cores
+        summary, out = run(tmp_path, name, data, epochs=1, lr_milestones=[1], **extra)
+        return summary, load_bundle(out / "model.pt").model.state_dict()
+
+    try:
+        (s1, one), (s2, two) = weights_after("one", 1), weights_after("two", 2)
+        assert all(torch.equal(one[k], two[k]) for k in one)
+        assert s1["cpu_threads"] == s2["cpu_threads"] == 2
+        _, unpinned = weights_after("unpinned", 1, cpu_threads=0)
+        assert not all(torch.equal(one[k], unpinned[k]) for k in one)  # 1 thread: other bits
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_deterministic_training_runs_on_the_cpu_with_the_same_bits(tmp_path, monkeypatch):
+    """deterministic: true asks for deterministic algorithms (on CUDA also no cuDNN autotuning and
+    cuBLAS's fixed workspace); the CPU's numbers are the same either way."""
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
+    data = tiny_train_data()
+    _, plain = run(tmp_path, "plain", data, epochs=1, lr_milestones=[1])
+    try:
+        summary, det = run(tmp_path, "det", data, epochs=1, lr_milestones=[1], deterministic=True)
+        assert torch.are_deterministic_algorithms_enabled()
+        assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"
+    finally:
+        torch.use_deterministic_algorithms(False)
+        os.environ.pop("CUBLAS_WORKSPACE_CONFIG", None)
+    assert summary["deterministic"] is True
+    wa, wb = (
+        load_bundle(plain / "model.pt").model.state_dict(),
+        load_bundle(det / "model.pt").model.state_dict(),
+    )
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
 
 
 def test_data_on_the_device_and_streamed_give_the_same_batches_and_the_same_model(tmp_path):

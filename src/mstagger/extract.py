@@ -86,8 +86,8 @@ def _init_worker(target: RowFile, spec: SpectrogramParams, min_seconds: float) -
     """Open the output file once per worker, limit BLAS to one thread and tune malloc.
 
     With two workers on two cores, OpenBLAS's own threads oversubscribe the CPU (a clip took ~2.5x
-    longer than with one BLAS thread here); parallelism comes from the workers. One thread also makes
-    the numbers independent of the worker count (bit-identical outputs).
+    longer than with one BLAS thread here); parallelism comes from the workers. The numbers do not
+    depend on it: the log-mel uses no BLAS and sums in a fixed order (tests/test_same_bits.py).
     """
     keep_freed_memory(**DECODER_MALLOC)
     _STATE["limits"] = threadpool_limits(limits=1)

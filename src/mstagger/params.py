@@ -258,6 +258,8 @@ class Params:
     weight_decay: float = 0.0
     device: str = "auto"
     precision: str = "bf16"
+    deterministic: bool = False
+    cpu_threads: int = 2
     num_workers: int = 0
     bn_recalibration_clips: int = 2048
     selection_tolerance: float = 0.005
@@ -313,6 +315,8 @@ class Params:
                 "selection_tolerance",
                 f"must be in [0, 1) (0: keep the best validation epoch), got {self.selection_tolerance}",
             )
+        if self.cpu_threads < 0:
+            _fail("cpu_threads", f"must be 0 (one per CPU core) or a thread count, got {self.cpu_threads}")
         if self.num_workers < 0:
             _fail("num_workers", f"must be non-negative, got {self.num_workers}")
         if self.data_on_device not in (True, False, "auto"):

@@ -16,6 +16,7 @@ checkpoints and writes the bundle.
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -113,18 +114,44 @@ def check_outputs(model_path: Path, log_dir: Path, checkpoint_path: Path) -> Non
     remove_leftovers(model_path)
 
 
-def prepare_device(device: torch.device) -> None:
-    """Settings that make training faster.
+# cuBLAS's workspace setting that makes its matrix products repeat bit for bit (CUDA's documentation).
+CUBLAS_DETERMINISTIC = ":4096:8"
+
+
+def prepare_device(device: torch.device, deterministic: bool = False) -> None:
+    """Process-wide settings for training on ``device``: speed, or run-to-run identical bits on CUDA.
 
     On CUDA, cuDNN picks the fastest convolution algorithms for the fixed input size (its choice can
-    move the last bits of a GPU run). On the CPU, which it leaves bit-for-bit the same,
-    malloc keeps the step's big activations (~0.5 GB at batch 32) in the heap instead of mapping and
-    page-faulting them in again at every step (faster steps: bench/bench_train.py, docs/benchmarks.md).
+    move the last bits of a GPU run) unless ``deterministic`` (params ``deterministic``): then no
+    autotuning, cuDNN's deterministic algorithms, ``torch.use_deterministic_algorithms`` (an operation
+    without a deterministic version is an error, not a silent difference) and cuBLAS's fixed workspace
+    (``CUBLAS_WORKSPACE_CONFIG``, unless the user set it). On the CPU the numbers are the same either
+    way (bench/train_bits.py); ``deterministic`` still turns on the check for non-deterministic
+    operations. Also on the CPU, malloc keeps the step's big activations (~0.5 GB at batch 32) in the
+    heap instead of mapping and page-faulting them in again at every step (faster steps:
+    bench/bench_train.py, docs/benchmarks.md).
     """
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", CUBLAS_DETERMINISTIC)  # read when cuBLAS starts
+        torch.use_deterministic_algorithms(True)
     if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
+        torch.backends.cudnn.benchmark = not deterministic
+        torch.backends.cudnn.deterministic = deterministic
     else:
         keep_freed_memory(mmap_threshold=256 * 2**20, trim_threshold=2**30)
+
+
+def set_cpu_threads(device: torch.device, threads: int) -> None:
+    """Train on the CPU with ``threads`` threads (params ``cpu_threads``; 0: leave PyTorch's one per core).
+
+    The weights after a CPU step depend on the thread count: oneDNN and PyTorch split the sums of
+    the backward pass (weight gradients over the batch, BatchNorm statistics) by thread, so 1 and 2
+    threads give other bits from the first step on (bench/results/train-bits-cpu.json). A count fixed
+    in params, not the machine's core count, gives the same bits on machines of the same kind with
+    any number of cores. On CUDA the count does not touch the numbers and is left alone.
+    """
+    if device.type == "cpu" and threads > 0:
+        torch.set_num_threads(threads)
 
 
 def build_tagger(data: TrainData, params: Params, device: torch.device, world: World) -> Tagger:
@@ -357,6 +384,8 @@ def finish(run: Run, model_path: Path, checkpoint_path: Path, git_rev: str, seco
         "device": str(run.device),
         "processes": run.world.size,
         "precision": params.precision,
+        "deterministic": params.deterministic,
+        "cpu_threads": torch.get_num_threads() if run.device.type == "cpu" else None,
         "data_on_device": isinstance(run.source, DeviceSource),
         "compile": params.compile,
         "seconds": seconds,
@@ -391,7 +420,8 @@ def train(
 
     world = world or World()
     device = device or setup(world, params.device)
-    prepare_device(device)
+    prepare_device(device, params.deterministic)
+    set_cpu_threads(device, params.cpu_threads)
     if world.main:  # fail now, not after an epoch, when the outputs cannot be written
         check_outputs(model_path, log_dir, checkpoint_path)
     run = start_run(data, params, device, world)

@@ -6,15 +6,18 @@ its defaults (n_fft 2048, hop 512, 128 mels, power 2) and the natural log of ``m
 One difference on purpose: the frame count is fixed in the audio domain, so every clip gives exactly
 ``spec.n_frames`` frames (628) whatever its decoded length.
 
-The spectrogram is computed here with NumPy alone, with the operations librosa 0.11 performs in their
-order and precision (periodic Hann window, centred zero-padded frames, a float64 FFT rounded to
-complex64, Slaney mel filters in float32), so it equals librosa's bit for bit (tested): decoding
-processes then load NumPy, soundfile and soxr only (37 MB and 0.3 s with this package), not librosa's
-stack (numba, scipy: over 200 MB and 2 s each).
+The spectrogram is computed here with NumPy alone, with the operations librosa 0.11 performs (periodic
+Hann window, centred zero-padded frames, a float64 FFT rounded to complex64, Slaney mel filters in
+float32), but with every reduction in a fixed order, so that ``extract`` writes the same bits on any
+x86-64 machine whatever BLAS kernel, thread count or SIMD level NumPy picks (:func:`log_mel`,
+docs/reproducibility.md). It stays within ``LIBROSA_BOUND`` of librosa's float32 numbers (tested):
+decoding processes then load NumPy, soundfile and soxr only (37 MB and 0.3 s with this package), not
+librosa's stack (numba, scipy: over 200 MB and 2 s each).
 """
 
 from __future__ import annotations
 
+import decimal
 import functools
 import math
 import os
@@ -46,6 +49,13 @@ BLOCK_FRAMES = 1 << 20
 # windows): a clip is the same input in training, evaluation and predict. float16 keeps log-mel values
 # (about -46 to 10) to 3 significant digits, far finer than the network can tell apart.
 MEL_DTYPE = np.dtype(np.float16)
+# How far :func:`log_mel` may be from librosa's float32 log-mel (absolute, in log units; values lie
+# between log(log_floor) = -46.1 and about 10): librosa rounds the power to float32 and sums the mel
+# bands in the BLAS kernel's order, which moves its float32 result by up to 1 ulp (3.8e-6 at |x| >= 32,
+# the largest difference measured); so after rounding to MEL_DTYPE a value equals librosa's or lies one
+# float16 step from it (where librosa's is within LIBROSA_BOUND of a rounding boundary; near 0, where
+# float16 steps are finer than LIBROSA_BOUND, up to LIBROSA_BOUND from it).
+LIBROSA_BOUND = 1.0e-5
 # malloc settings (mstagger.core.system.keep_freed_memory) for a process that decodes clip after clip, as
 # extract's and predict's workers do: a clip's 10-20 MB of temporaries (decoded audio, FFT blocks) are
 # reused from the heap instead of page-faulted in again each time (~2,400 faults, +25% time a clip).
@@ -298,19 +308,78 @@ def mel_filterbank(sample_rate: int, n_fft: int, n_mels: int) -> np.ndarray:
 _FRAMES_AT_ONCE = 32
 
 
+@dataclass(frozen=True)
+class MelTaps:
+    """The window and the mel filters' nonzero taps, laid out for a sum in one fixed order.
+
+    Filter ``order[i]`` weighs FFT bins ``first[i], first[i] + 1, ...`` by ``weights[i, 0], weights[i, 1],
+    ...`` (its float32 values from :func:`mel_filterbank`, held in float64); the filters are sorted by
+    their tap count, longest first, so tap ``j`` exists for the first ``active[j]`` of them.
+    """
+
+    window: np.ndarray  # (n_fft,) float64
+    order: np.ndarray  # (n_mels,) int64, filter numbers, the filter with most taps first
+    first: np.ndarray  # (n_mels,) int64, the first nonzero FFT bin of each filter (in ``order``)
+    weights: np.ndarray  # (n_mels, most_taps) float64, zero past a filter's last tap
+    active: tuple[int, ...]  # (most_taps,): how many filters have a tap j
+
+
 @functools.lru_cache(maxsize=4)
-def _transform(spec: SpectrogramParams) -> tuple[np.ndarray, np.ndarray]:
-    """The window (n_fft,) and the mel filters (n_mels, bins) of ``spec``, computed once per process."""
-    return hann_window(spec.n_fft), mel_filterbank(spec.sample_rate, spec.n_fft, spec.n_mels)
+def _transform(spec: SpectrogramParams) -> MelTaps:
+    """The window and the mel filters' taps of ``spec``, computed once per process."""
+    filters = mel_filterbank(spec.sample_rate, spec.n_fft, spec.n_mels)  # (n_mels, bins) float32
+    nonzero = filters != 0
+    counts = nonzero.sum(axis=1)
+    first = nonzero.argmax(axis=1)
+    for m in range(spec.n_mels):  # triangles: the taps are consecutive bins
+        if not nonzero[m, first[m] : first[m] + counts[m]].all():
+            raise ValueError(f"mel filter {m} has a zero inside its band")  # pragma: no cover
+    order = np.argsort(-counts, kind="stable")
+    most = max(int(counts.max()), 1)
+    weights = np.zeros((spec.n_mels, most), np.float64)
+    for i, m in enumerate(order):
+        weights[i, : counts[m]] = filters[m, first[m] : first[m] + counts[m]]
+    active = tuple(int((counts > j).sum()) for j in range(most))
+    return MelTaps(hann_window(spec.n_fft), order, first[order], weights, active)
+
+
+def _mel_power(power: np.ndarray, taps: MelTaps) -> np.ndarray:
+    """Each filter's weighted sum of ``power`` (bins, T) over its taps, added tap after tap: (n_mels, T).
+
+    Every step multiplies or adds whole rows elementwise (NumPy's ufuncs round each element once, with
+    no fused multiply-add), so each band's sum runs in ascending bin order, whatever the machine.
+    """
+    acc = np.take(power, taps.first, axis=0) * taps.weights[:, :1]  # (n_mels, T), filters in ``order``
+    term = np.empty_like(acc)
+    for j, k in enumerate(taps.active[1:], start=1):
+        np.take(power, taps.first[:k] + j, axis=0, out=term[:k])
+        term[:k] *= taps.weights[:k, j : j + 1]
+        acc[:k] += term[:k]
+    mel = np.empty_like(acc)
+    mel[taps.order] = acc
+    return mel
 
 
 def log_mel(y: np.ndarray, spec: SpectrogramParams) -> np.ndarray:
-    """Log-mel spectrogram of a mono signal, with exactly ``spec.n_frames`` frames.
+    """Log-mel spectrogram of a mono signal, with exactly ``spec.n_frames`` frames: the same bits anywhere.
 
     ``y`` is first zero-padded or cropped to ``(spec.n_frames - 1) * spec.hop_length`` samples, so
     the centred STFT yields exactly ``spec.n_frames`` frames (628 for 29.1 s at 11025 Hz, hop 512).
-    The result equals ``librosa.feature.melspectrogram(y=y, sr=..., n_fft=..., hop_length=...,
-    n_mels=...)`` (power 2) followed by ``log(max(., spec.log_floor))``, bit for bit.
+    The steps are librosa's (``librosa.feature.melspectrogram(y=y, sr=..., n_fft=..., hop_length=...,
+    n_mels=...)``, power 2, then ``log(max(., spec.log_floor))``), with every reduction in one fixed
+    order, so no result depends on the BLAS kernel, the thread count or the SIMD level NumPy picks
+    (docs/reproducibility.md):
+
+    - the float64 FFT of each windowed frame, rounded to complex64 as librosa keeps it (pocketfft:
+      the same code on every x86-64 machine, no threads);
+    - the power ``re**2 + im**2`` in float64 (librosa: ``abs()`` in float32, squared in float32);
+    - each mel band as the sum of its filter's nonzero taps, weight times power in float64, added in
+      ascending bin order (librosa: a float32 matrix product, whose order is the BLAS kernel's);
+    - the natural log, correctly rounded to float32 (:func:`log_float32`).
+
+    Every step is an elementwise IEEE operation or a sum in a fixed order, each correctly rounded, so
+    the bits are fixed by the input. Against librosa's float32 numbers the result differs by at most
+    ``LIBROSA_BOUND`` (tested): float32 rounding of the power and the BLAS sum, which this avoids.
 
     Args:
         y: mono samples at ``spec.sample_rate``, shape (n,).
@@ -319,20 +388,63 @@ def log_mel(y: np.ndarray, spec: SpectrogramParams) -> np.ndarray:
     Returns:
         ``log(max(mel_power, spec.log_floor))``, float32, shape (spec.n_mels, spec.n_frames).
     """
-    window, filters = _transform(spec)
+    taps = _transform(spec)
     n_samples = (spec.n_frames - 1) * spec.hop_length
     y = np.asarray(y, dtype=np.float32)[:n_samples]
     half = spec.n_fft // 2  # centred frames: zeros before the first and after the last sample
     padded = np.pad(y, (half, half + n_samples - len(y)))
     frames = np.lib.stride_tricks.sliding_window_view(padded, spec.n_fft)[:: spec.hop_length]  # (T, n_fft)
-    power = np.empty((len(frames), spec.n_fft // 2 + 1), np.float32)  # (T, bins)
+    power = np.empty((spec.n_fft // 2 + 1, len(frames)), np.float64)  # (bins, T)
     for start in range(0, len(frames), _FRAMES_AT_ONCE):
         block = slice(start, start + _FRAMES_AT_ONCE)
-        spectrum = np.fft.rfft(frames[block] * window, axis=-1)  # a float64 FFT, as librosa's
-        np.abs(spectrum.astype(np.complex64), out=power[block])  # librosa keeps complex64
-    power **= 2
-    mel = np.einsum("ft,mf->mt", power.T, filters, optimize=True)  # (n_mels, T), librosa's contraction
-    return np.log(np.maximum(mel, spec.log_floor)).astype(np.float32, copy=False)
+        spectrum = np.fft.rfft(frames[block] * taps.window, axis=-1).astype(np.complex64)  # as librosa's
+        re, im = spectrum.real.T.astype(np.float64), spectrum.imag.T.astype(np.float64)  # (bins, t)
+        power[:, block] = re * re + im * im  # exact squares, one rounding in the sum
+    mel = _mel_power(power, taps)  # (n_mels, T)
+    return log_float32(np.maximum(mel, spec.log_floor))
+
+
+# A float64 log from NumPy is within a few units in the last place (ulp) of the true value, and which
+# few depends on the SIMD code NumPy dispatches to (SVML with AVX512, else the C library). A result
+# this close (relative) to a float32 rounding boundary is recomputed exactly.
+_LOG_SLACK = 2.0**-44
+
+
+def log_float32(x: np.ndarray) -> np.ndarray:
+    """The natural log of positive float64 values, correctly rounded to float32: the same bits everywhere.
+
+    ``np.log`` in float64, rounded to float32, is the correctly rounded result unless the float64 log
+    lies within ``_LOG_SLACK`` (relative) of a float32 rounding boundary, where the libm's last bits
+    could decide; those few values (about one in 2**19) are computed with :mod:`decimal` to 40 digits.
+
+    Args:
+        x: positive float64 values, any shape.
+
+    Returns:
+        float32 values of the same shape.
+    """
+    x = np.asarray(x, dtype=np.float64)
+    v = np.log(x)
+    out = v.astype(np.float32)
+    slack = np.abs(v) * _LOG_SLACK
+    unsure = (v - slack).astype(np.float32) != (v + slack).astype(np.float32)
+    for i in np.flatnonzero(unsure):
+        out.flat[i] = _exact_log_float32(float(x.flat[i]))
+    return out
+
+
+def _exact_log_float32(x: float) -> np.float32:
+    """ln(x) correctly rounded to float32 (ties to even), from a 40-digit decimal logarithm."""
+    with decimal.localcontext() as ctx:
+        ctx.prec = 40
+        exact = decimal.Decimal(x).ln()
+        guess = np.float32(float(exact))
+        below = guess if decimal.Decimal(float(guess)) <= exact else np.nextafter(guess, np.float32(-np.inf))
+        above = np.nextafter(below, np.float32(np.inf))
+        middle = (decimal.Decimal(float(below)) + decimal.Decimal(float(above))) / 2
+        if exact != middle:
+            return below if exact < middle else above
+        return below if int(below.view(np.uint32)) % 2 == 0 else above
 
 
 def load_clip(path: str | Path, sample_rate: int, min_seconds: float) -> np.ndarray:

@@ -14,6 +14,7 @@ list and the split, the sequence ``prepare`` and ``mstagger tags`` share.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
@@ -285,14 +286,18 @@ def leakage(meta: pd.DataFrame, split: pd.Series) -> dict[str, float]:
 def train_stats(
     mel: np.ndarray, rows: Sequence[int] | np.ndarray, chunk_clips: int = 64, progress: bool = True
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Per-mel-bin mean and standard deviation over the given clips and all their frames.
+    """Per-mel-bin mean and standard deviation over the given clips and all their frames, the same bits
+    whatever the order of the rows, the chunking or the machine.
 
-    Streams over ``mel`` (a memory map is fine) ``chunk_clips`` clips at a time, combining chunk means
-    and squared deviations in float64 (Chan et al.'s parallel update), so memory stays small and the
-    result matches a one-shot float64 computation.
+    A float16 spectrogram takes one of 65,536 bit patterns, so the pass over ``mel`` (a memory map is
+    fine; ``chunk_clips`` clips at a time) only counts, per mel bin, how often each pattern occurs:
+    integer counts, exact in any order. The statistics then come from the counts with every sum
+    correctly rounded (:func:`math.fsum`; a count times a float16 value is exact in float64): the
+    mean is the exact sum rounded once and divided by the count; the variance sums each value's
+    squared deviation from that mean (``(v - mean) ** 2`` times its count, each rounded once).
 
     Args:
-        mel: (clips, n_mels, n_frames) log-mel array.
+        mel: (clips, n_mels, n_frames) float16 log-mel array (extract's ``mel.npy``).
         rows: the clips to use (the training split); order does not matter.
         chunk_clips: clips read per step.
         progress: show a tqdm bar.
@@ -301,30 +306,34 @@ def train_stats(
         ``(mean, std)``, float64 arrays of shape (n_mels,); std is the population std (ddof 0).
 
     Raises:
-        UserError: ``rows`` is empty, or the spectrograms hold non-finite values.
+        UserError: ``rows`` is empty, the array is not float16, or the training clips hold
+            non-finite values.
     """
     rows = np.sort(np.asarray(rows, dtype=np.int64))  # sorted: sequential reads of the memory map
     if len(rows) == 0:
         raise UserError("normalisation statistics need at least one training clip")
+    if mel.dtype != np.float16:
+        raise UserError(f"mel.npy holds {mel.dtype} values, extract writes float16; re-run the extract stage")
     n_mels = mel.shape[1]
-    count = 0
-    mean = np.zeros(n_mels, dtype=np.float64)
-    m2 = np.zeros(n_mels, dtype=np.float64)
+    patterns = 1 << 16
+    offsets = (np.arange(n_mels, dtype=np.int64) * patterns)[None, :, None]  # (1, n_mels, 1)
+    counts = np.zeros(n_mels * patterns, np.int64)
     with tqdm(total=len(rows), desc="prepare: train stats", unit="clip", disable=not progress) as bar:
         for start in range(0, len(rows), chunk_clips):
-            chunk = np.asarray(mel[rows[start : start + chunk_clips]], dtype=np.float64)  # (c, n_mels, T)
-            c = chunk.shape[0] * chunk.shape[2]
-            c_mean = chunk.mean(axis=(0, 2))
-            c_m2 = ((chunk - c_mean[None, :, None]) ** 2).sum(axis=(0, 2))
-            delta = c_mean - mean
-            total = count + c
-            mean += delta * (c / total)
-            m2 += c_m2 + delta**2 * (count * c / total)
-            count = total
+            chunk = np.asarray(mel[rows[start : start + chunk_clips]]).view(np.uint16)  # (c, n_mels, T)
+            counts += np.bincount((chunk + offsets).ravel(), minlength=n_mels * patterns)
             bar.update(len(chunk))
-    std = np.sqrt(m2 / count)
-    if not (np.isfinite(mean).all() and np.isfinite(std).all()):
+    counts = counts.reshape(n_mels, patterns)
+    values = np.arange(patterns, dtype=np.uint16).view(np.float16).astype(np.float64)  # each pattern's value
+    if counts[:, ~np.isfinite(values)].any():
         raise UserError("mel.npy holds non-finite values in training clips; re-run the extract stage")
+    total = int(counts[0].sum())
+    mean, std = np.zeros(n_mels), np.zeros(n_mels)
+    for b in range(n_mels):
+        seen = np.flatnonzero(counts[b])
+        weight, value = counts[b, seen].astype(np.float64), values[seen]
+        mean[b] = math.fsum(weight * value) / total
+        std[b] = math.sqrt(math.fsum(weight * (value - mean[b]) ** 2) / total)
     return mean, std
 
 
