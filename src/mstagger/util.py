@@ -73,13 +73,17 @@ def _stage_name(func: Callable[..., Any]) -> str:
 
 
 def stage_main(func: Callable[[], Any]) -> Callable[[], None]:
-    """Wrap a stage's ``main``: expected failures become one ``error: ...`` line and exit status 2."""
+    """Wrap a stage's ``main``: expected failures become one ``error: ...`` line and exit status 2; the
+    stage runs under its lock (:func:`mstagger.core.locks.stage_lock`): a second start is refused."""
 
     @functools.wraps(func)
     def wrapper() -> None:
+        from mstagger.core.locks import stage_lock
+
         setup_logging(_stage_name(func))
         try:
-            func()
+            with stage_lock(_stage_name(func)):
+                func()
         except (ParamsError, UserError) as err:
             print(f"error: {err}", file=sys.stderr)
             raise SystemExit(2) from None
