@@ -36,7 +36,7 @@ from mstagger.bundle import Bundle, load_bundle, resolve_device
 from mstagger.cli import Parser
 from mstagger.library import AudioFile, Ledger, find_audio, model_id
 from mstagger.params import ParamsError, load_params
-from mstagger.util import UserError, keep_freed_memory
+from mstagger.util import UserError, describe_os_error, keep_freed_memory
 from mstagger.windows import Done, Failed, Message, Window, decode_here, decode_in_workers
 
 MIN_SECONDS = 1.0  # shorter files are refused: mostly padding, the tags would mean little
@@ -81,7 +81,10 @@ def tag_messages(bundle: Bundle, messages: Iterator[Message | None], batch_size:
 
     def finish(done: Done) -> Tagged:
         del left[done.index]
-        return Tagged(done.index, sums.pop(done.index) / done.windows, done.seconds, done.windows)
+        probs = sums.pop(done.index) / done.windows
+        if not np.isfinite(probs).all():  # never a row or a JSON of NaN
+            return Tagged(done.index, None, error="the network's output is not finite (NaN or infinity)")
+        return Tagged(done.index, probs, done.seconds, done.windows)
 
     for message in messages:
         if isinstance(message, Window):
@@ -289,9 +292,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     _check(parser, args)
+    tally: Counter = Counter()
     try:
-        files, ignored = find_audio(args.paths, args.glob)
-        if not files:
+        files, ignored, unreadable = find_audio(args.paths, args.glob)
+        if not files and not unreadable:
             where = ", ".join(map(str, args.paths)) + (f" matching --glob {args.glob!r}" if args.glob else "")
             raise UserError(f"no audio files in {where}")
         model = args.model if args.model is not None else Path(load_params().paths.model)
@@ -310,33 +314,63 @@ def main(argv: list[str] | None = None) -> int:
             todo = ledger.resume(files, args.force) if ledger else files
             if bundle.params.get("dataset") == "demo":
                 print(DEMO_WARNING.format(model=model), file=sys.stderr)
-            tally = tag_library(bundle, todo, args, ledger, model)
+            for path, reason in unreadable:  # found, but not even to be opened
+                print(f"error: {path}: cannot tag: {reason}", file=sys.stderr)
+            tally = tag_library(bundle, todo, args, ledger, model, tally)
+            sys.stdout.flush()  # a full disk under a redirected stdout shows here, not after the exit
     except (UserError, ParamsError) as err:
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {err}{_kept(args, tally)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        kept = f"; {args.csv} keeps the files tagged so far: run again to continue" if args.csv else ""
-        print(f"interrupted{kept}", file=sys.stderr)
+        print(f"interrupted{_kept(args, tally)}", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the reader went away (`mstagger predict DIR | head`)
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nothing more to flush at exit
+        print(f"error: the output was closed (broken pipe); stopped{_kept(args, tally)}", file=sys.stderr)
+        return 2
+    except OSError as err:  # stdout cannot be written (a full disk, /dev/full), or a file went away
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        reason = describe_os_error(err) if err.filename else f"cannot write the output: {err.strerror or err}"
+        print(f"error: {reason}; stopped{_kept(args, tally)}", file=sys.stderr)
+        return 2
+    tally["failed"] += len(unreadable)
     print(_summary(tally, len(files) - len(todo), ignored, args.csv), file=sys.stderr)
     return 1 if tally["failed"] else 0
 
 
+def _kept(args: argparse.Namespace, tally: Counter) -> str:
+    """After a stop: what the --csv table keeps."""
+    if not args.csv or not tally["tagged"]:
+        return ""
+    return f"; {args.csv} keeps the {_files(tally['tagged'])} tagged so far: run again to continue"
+
+
 def tag_library(
-    bundle: Bundle, todo: list[AudioFile], args: argparse.Namespace, ledger: Ledger | None, model: Path
+    bundle: Bundle,
+    todo: list[AudioFile],
+    args: argparse.Namespace,
+    ledger: Ledger | None,
+    model: Path,
+    tally: Counter | None = None,
 ) -> Counter:
     """Tag ``todo`` and write each result as it comes: a CSV row, or printed text; JSON at the end.
+
+    Args:
+        tally: counts to update as files finish (the caller's, so a stop can say what was kept).
 
     Returns:
         Counts: ``tagged``, ``failed``, ``audio_seconds`` and ``seconds`` (wall clock).
     """
-    tally: Counter = Counter()
+    tally = Counter() if tally is None else tally
     as_json: dict[int, dict[str, Any]] = {}
     failures: dict[int, str] = {}
     start = time.perf_counter()
-    with tqdm(total=len(todo), unit="file", desc="predict", file=sys.stderr) as bar:
-        workers = args.workers if args.workers is not None else default_workers(bundle.device)
-        for result in tag_files(bundle, [f.path for f in todo], workers=workers, batch_size=args.batch_size):
+    workers = args.workers if args.workers is not None else default_workers(bundle.device)
+    results = tag_files(bundle, [f.path for f in todo], workers=workers, batch_size=args.batch_size)
+    # closing: a stop (Ctrl-C, an output that fails) ends the workers now, not when the generator is
+    # collected, where an exception is only "ignored" with its traceback
+    with tqdm(total=len(todo), unit="file", desc="predict", file=sys.stderr) as bar, closing(results):
+        for result in results:
             file = todo[result.index]
             bar.update(1)
             if result.error is not None:
@@ -366,5 +400,5 @@ def tag_library(
             "files": {str(todo[i].path): as_json[i] for i in sorted(as_json)},
             "failed": {str(todo[i].path): failures[i] for i in sorted(failures)},
         }
-        print(json.dumps(report, indent=2))
+        print(json.dumps(report, indent=2, allow_nan=False))
     return tally
