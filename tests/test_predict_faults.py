@@ -259,3 +259,21 @@ def test_entries_predict_cannot_tag_are_one_line_each_and_the_run_goes_on(bundle
     report = json.loads(done.stdout, parse_constant=no_nan)
     assert list(report["files"]) == [str(good)]
     assert set(report["failed"]) == {str(loud)}
+
+
+@pytest.mark.parametrize("output", ["/dev/full", "a closed pipe"])
+def test_info_whose_output_fails_is_one_line_and_status_2(bundle, output):
+    """`mstagger info` lost its output silently on a full disk (exit 0)."""
+    if output == "/dev/full":
+        out = os.open("/dev/full", os.O_WRONLY)
+    else:
+        read_end, out = os.pipe()
+        os.close(read_end)  # the reader went away before the first line
+    try:
+        done = subprocess.run([sys.executable, "-m", "mstagger.cli", "info", str(bundle)], stdout=out,
+                              stderr=subprocess.PIPE, text=True, timeout=TIMEOUT)  # fmt: skip
+    finally:
+        os.close(out)
+    assert done.returncode == 2
+    expected = "No space left on device" if output == "/dev/full" else "the output was closed (broken pipe)"
+    assert done.stderr.startswith("error: ") and expected in done.stderr and done.stderr.count("\n") == 1

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import importlib
 import logging
 import os
@@ -39,10 +40,21 @@ def main(argv: list[str] | None = None) -> int:
         print(USAGE, end="")
         return 0 if argv else 2
     try:
-        return _dispatch(argv[0], argv[1:])
-    except BrokenPipeError:  # the reader went away (`mstagger info | head`): stop quietly
+        code = _dispatch(argv[0], argv[1:])
+        sys.stdout.flush()  # a write that fails shows here, not in a traceback (or not at all) at exit
+        return code
+    except OSError as err:  # the reader went away (`mstagger info | head`), a full disk, /dev/full
+        if err.filename is not None or err.errno not in _OUTPUT_ERRORS:
+            raise
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 1
+        if isinstance(err, BrokenPipeError):
+            print("error: the output was closed (broken pipe)", file=sys.stderr)
+        else:
+            print(f"error: cannot write the output: {err.strerror}", file=sys.stderr)
+        return 2
+
+
+_OUTPUT_ERRORS = (errno.EPIPE, errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 
 
 # Commands that load torch for a user and leave nothing for exit handlers to finish (their files are
