@@ -201,7 +201,8 @@ def _parser() -> Parser:
         type=Path,
         metavar="FILE",
         help="append one row per file to FILE as files finish; a rerun with the same FILE skips the "
-        "files already in it (same size and modification time)",
+        "files already in it (same size and modification time); one run writes a FILE at a time, and a "
+        "FILE that is a symlink is written through",
     )
     p.add_argument("--force", action="store_true", help="with --csv: tag again the files already in FILE")
     p.add_argument("--json", action="store_true", help="print one JSON object: every tag's probability")
