@@ -317,7 +317,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(DEMO_WARNING.format(model=model), file=sys.stderr)
             for path, reason in unreadable:  # found, but not even to be opened
                 print(f"error: {path}: cannot tag: {reason}", file=sys.stderr)
-            tally = tag_library(bundle, todo, args, ledger, model, tally)
+            tally = tag_library(bundle, todo, args, ledger, model, tally, unreadable)
             sys.stdout.flush()  # a full disk under a redirected stdout shows here, not after the exit
     except (UserError, ParamsError) as err:
         print(f"error: {err}{_kept(args, tally)}", file=sys.stderr)
@@ -353,11 +353,13 @@ def tag_library(
     ledger: Ledger | None,
     model: Path,
     tally: Counter | None = None,
+    unreadable: Sequence[tuple[Path, str]] = (),
 ) -> Counter:
     """Tag ``todo`` and write each result as it comes: a CSV row, or printed text; JSON at the end.
 
     Args:
         tally: counts to update as files finish (the caller's, so a stop can say what was kept).
+        unreadable: entries found that cannot be opened, with the reason: listed as failed in the JSON.
 
     Returns:
         Counts: ``tagged``, ``failed``, ``audio_seconds`` and ``seconds`` (wall clock).
@@ -399,7 +401,10 @@ def tag_library(
             "model": str(model),
             "git_rev": bundle.git_rev,
             "files": {str(todo[i].path): as_json[i] for i in sorted(as_json)},
-            "failed": {str(todo[i].path): failures[i] for i in sorted(failures)},
+            "failed": {
+                **{str(path): reason for path, reason in unreadable},
+                **{str(todo[i].path): failures[i] for i in sorted(failures)},
+            },
         }
         print(json.dumps(report, indent=2, allow_nan=False))
     return tally
