@@ -8,6 +8,7 @@ import contextlib
 import csv
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -238,6 +239,9 @@ def test_entries_predict_cannot_tag_are_one_line_each_and_the_run_goes_on(bundle
     (lib / "locked").chmod(0)
     command = predict(bundle, lib, "--json", "--workers", "2")
     if os.geteuid() == 0:  # root reads any folder: drop the capabilities that let it
+        if shutil.which("setpriv") is None:
+            (lib / "locked").chmod(0o755)
+            pytest.skip("running as root without setpriv (util-linux): no folder is unreadable")
         command = ["setpriv", "--bounding-set=-dac_override,-dac_read_search", "--", *command]
     try:
         done = subprocess.run(command, capture_output=True, text=True, timeout=TIMEOUT)
