@@ -94,7 +94,7 @@ def test_info_refuses_an_unusable_bundle_in_one_line(good, tmp_path, capsys, nam
 
 def mstagger(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "mstagger.commands.main", *args], capture_output=True, text=True, timeout=120
+        [sys.executable, "-m", "mstagger", *args], capture_output=True, text=True, timeout=120
     )
 
 

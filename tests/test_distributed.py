@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import psutil
 import pytest
 import torch
 
@@ -78,3 +82,44 @@ def test_the_weights_are_identical_on_both_processes_after_every_step(tmp_path):
     assert rank0 == rank1
     assert len(set(rank0)) == len(rank0)  # the weights did change at every step
     assert torch.load(root / "models/model.pt", weights_only=True)["format"].startswith("mstagger-bundle")
+
+
+def wait_until(predicate, timeout: float, what: str) -> None:
+    end = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > end:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["SIGKILL", "SIGTERM"])
+def test_a_stopped_two_process_training_leaves_no_process_behind(tmp_path, sig):
+    """Killing the stage (what `dvc repro` started) ends torchrun and both trainers, and none of them
+    goes on to write the bundle after the stage has failed."""
+    root = project(tmp_path / "two", nproc_per_node=2, epochs=200)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    with (tmp_path / "log").open("w") as log:
+        stage = psutil.Popen(
+            [sys.executable, "-m", "mstagger.train"], cwd=root, env=env, stdout=log, stderr=log
+        )
+    try:
+        family: set[psutil.Process] = set()
+
+        def trainers_running() -> bool:
+            family.update(stage.children(recursive=True))
+            return sum("mstagger.train" in " ".join(p.cmdline()) for p in family if p.is_running()) >= 3
+
+        wait_until(trainers_running, 120, "torchrun and two trainers")
+        wait_until(lambda: (root / "metrics" / "train").is_dir(), 120, "training to start")
+        stage.send_signal(sig)
+        stage.wait(timeout=60)
+        _, alive = psutil.wait_procs(family, timeout=60)
+        assert not alive, [p.cmdline() for p in alive]
+    finally:
+        for p in [stage, *family]:
+            with contextlib.suppress(psutil.Error):
+                p.kill()
+    assert not (root / "models" / "model.pt").exists()
+    if sig == signal.SIGTERM:
+        assert stage.returncode == 128 + signal.SIGTERM
+        assert "Traceback" not in (tmp_path / "log").read_text()

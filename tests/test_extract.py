@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import decimal
 import math
 import os
 import re
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import librosa
 import numpy as np
+import psutil
 import pytest
 import scipy.signal
 import soundfile as sf
@@ -488,3 +492,55 @@ def test_main_reports_missing_input_without_traceback(
     err = capsys.readouterr().err
     assert "error: annotations not found: nowhere/annotations_final.csv; run the download stage first" in err
     assert "Traceback" not in err
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "SIGTERM"])
+def test_a_stopped_extract_ends_its_workers_at_once_without_a_traceback(
+    raw: Path, tmp_path: Path, sig: signal.Signals
+) -> None:
+    """Ctrl-C reaches every process of the terminal's group: the workers leave it to the stage (no
+    KeyboardInterrupt traceback from each) and the stage ends them without waiting for their clips."""
+    clips = [(str(200 + i), f"{i % 16:x}/a-b-01-s-{i}-{i + 30}.mp3") for i in range(240)]
+    for _, path in clips:
+        (tmp_path / "many" / path).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "many" / path).write_bytes((raw / GOOD_30S[1]).read_bytes())
+    _write_annotations(tmp_path / "many", clips)
+    params = repo_params_dict()
+    params["paths"].update(raw="many", features="feats", metrics="metrics")
+    params["extract"]["workers"] = 2
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    log = tmp_path / "extract.log"
+    stage = psutil.Popen(
+        [sys.executable, "-m", "mstagger.extract"],
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=log.open("wb"),
+        start_new_session=True,
+    )
+    family: set[psutil.Process] = set()
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and len(family) < 2:  # the spawned workers (and a tracker)
+        with contextlib.suppress(psutil.Error):
+            family.update(stage.children(recursive=True))
+        time.sleep(0.05)
+    while time.monotonic() < deadline:  # stop it mid-way: once the workers have decoded a few clips
+        done = [int(n) for n in re.findall(r"(\d+)/240 \[", log.read_text(errors="replace"))]
+        if (done and done[-1] >= 4) or stage.poll() is not None:
+            break
+        time.sleep(0.05)
+    if sig == signal.SIGINT:
+        os.killpg(stage.pid, sig)
+    else:
+        stage.send_signal(sig)
+    try:
+        stage.wait(timeout=30)
+    finally:
+        _, alive = psutil.wait_procs(family, timeout=10)
+        for p in [stage, *alive]:
+            with contextlib.suppress(psutil.Error):
+                p.kill()
+    assert not alive, [p.cmdline() for p in alive]
+    err = log.read_text(errors="replace")
+    assert "Traceback" not in err, err
+    if sig == signal.SIGINT:
+        assert stage.returncode == 130 and "interrupted" in err, err

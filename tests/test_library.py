@@ -24,12 +24,12 @@ def test_find_audio_searches_folders_and_takes_named_files(tmp_path):
                 ".git/z.mp3", "a/._x.flac"]:  # fmt: skip
         touch(lib / rel)
     named = touch(tmp_path / "named.m4a")  # a named file is taken whatever its extension
-    files, ignored = find_audio([lib, named, lib / "b.mp3"])
+    files, ignored, unreadable = find_audio([lib, named, lib / "b.mp3"])
     rel = [f.path.relative_to(tmp_path).as_posix() for f in files]
     assert rel == ["lib/b.mp3", "lib/a/x.FLAC", "lib/a/deep/y.wav", "named.m4a"]  # sorted per folder, once
-    assert ignored == {".jpg": 1, ".txt": 1, "(none)": 1}
+    assert ignored == {".jpg": 1, ".txt": 1, "(none)": 1} and unreadable == []
     assert files[0].key == os.path.abspath(lib / "b.mp3") and files[0].size == 1
-    narrowed, _ = find_audio([lib], "*.flac")
+    narrowed, _, _ = find_audio([lib], "*.flac")
     assert [f.path.name for f in narrowed] == ["x.FLAC"]  # any depth, any case
     assert [f.path.name for f in find_audio([lib], "a/*")[0]] == ["x.FLAC", "y.wav"]
     with pytest.raises(UserError, match=r"nowhere\.mp3: no such file or folder"):

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Mapping, Sequence
+from contextlib import closing
 from pathlib import Path
 
 import numpy as np
@@ -120,8 +121,9 @@ class Model:
 
     def _tag_files(self, paths: list[str | Path], workers: int, batch_size: int | None) -> list[Tagged]:
         results: list[Tagged | None] = [None] * len(paths)
-        with main_script_hidden():
-            for result in tag_files(self.bundle, paths, workers=workers, batch_size=batch_size):
+        stream = tag_files(self.bundle, paths, workers=workers, batch_size=batch_size)
+        with main_script_hidden(), closing(stream):  # an error or Ctrl-C ends the workers now
+            for result in stream:
                 results[result.index] = result
         return results
 

@@ -35,7 +35,13 @@ def main(argv: list[str] | None = None) -> int:
     if not argv or argv[0] in ("-h", "--help"):
         print(USAGE, end="")
         return 0 if argv else 2
-    return guarded(_dispatch)(argv[0], argv[1:])
+    return guarded(_run)(argv[0], argv[1:])
+
+
+def _run(command: str, rest: list[str]) -> int:
+    code = _dispatch(command, rest)
+    sys.stdout.flush()  # a write that fails shows here, not in a traceback (or not at all) at exit
+    return code
 
 
 # Commands that load torch for a user and leave nothing for exit handlers to finish (their files are

@@ -12,7 +12,8 @@ import json
 import sys
 import time
 from collections import Counter
-from contextlib import nullcontext
+from collections.abc import Sequence
+from contextlib import closing, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,7 @@ import numpy as np
 from tqdm import tqdm
 
 from mstagger.commands.parser import Parser
-from mstagger.core.errors import Interrupted, UserError, guarded
+from mstagger.core.errors import Interrupted, UserError, describe_os_error, guarded, output_error
 from mstagger.core.runtime import resolve_device
 from mstagger.inference.bundle import Bundle, load_bundle
 from mstagger.inference.library import AudioFile, Ledger, find_audio, model_id
@@ -53,7 +54,8 @@ def _parser() -> Parser:
         type=Path,
         metavar="FILE",
         help="append one row per file to FILE as files finish; a rerun with the same FILE skips the "
-        "files already in it (same size and modification time)",
+        "files already in it (same size and modification time); one run writes a FILE at a time, and a "
+        "FILE that is a symlink is written through",
     )
     p.add_argument("--force", action="store_true", help="with --csv: tag again the files already in FILE")
     p.add_argument("--json", action="store_true", help="print one JSON object: every tag's probability")
@@ -141,9 +143,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     _check(parser, args)
+    tally: Counter = Counter()
     try:
-        files, ignored = find_audio(args.paths, args.glob)
-        if not files:
+        files, ignored, unreadable = find_audio(args.paths, args.glob)
+        if not files and not unreadable:
             where = ", ".join(map(str, args.paths)) + (f" matching --glob {args.glob!r}" if args.glob else "")
             raise UserError(f"no audio files in {where}")
         model = args.model if args.model is not None else project_model("--model PATH")
@@ -158,29 +161,57 @@ def main(argv: list[str] | None = None) -> int:
             todo = ledger.resume(files, args.force) if ledger else files
             if bundle.is_demo:
                 print(DEMO_WARNING.format(model=model), file=sys.stderr)
-            tally = tag_library(bundle, todo, args, ledger, model)
+            for path, reason in unreadable:  # found, but not even to be opened
+                print(f"error: {path}: cannot tag: {reason}", file=sys.stderr)
+            tally = tag_library(bundle, todo, args, ledger, model, tally, unreadable)
+            sys.stdout.flush()  # a full disk under a redirected stdout shows here, not after the exit
     except KeyboardInterrupt:
-        kept = f"; {args.csv} keeps the files tagged so far: run again to continue" if args.csv else ""
-        raise Interrupted(f"interrupted{kept}") from None
+        raise Interrupted(f"interrupted{_kept(args, tally)}") from None
+    except UserError as err:
+        raise UserError(f"{err}{_kept(args, tally)}") from None
+    except OSError as err:  # stdout cannot be written (a reader gone, a full disk), or a file went away
+        reason = output_error(err) or describe_os_error(err)
+        raise UserError(f"{reason}; stopped{_kept(args, tally)}") from None
+    tally["failed"] += len(unreadable)
     print(_summary(tally, len(files) - len(todo), ignored, args.csv), file=sys.stderr)
     return 1 if tally["failed"] else 0
 
 
+def _kept(args: argparse.Namespace, tally: Counter) -> str:
+    """After a stop: what the --csv table keeps."""
+    if not args.csv or not tally["tagged"]:
+        return ""
+    return f"; {args.csv} keeps the {_files(tally['tagged'])} tagged so far: run again to continue"
+
+
 def tag_library(
-    bundle: Bundle, todo: list[AudioFile], args: argparse.Namespace, ledger: Ledger | None, model: Path
+    bundle: Bundle,
+    todo: list[AudioFile],
+    args: argparse.Namespace,
+    ledger: Ledger | None,
+    model: Path,
+    tally: Counter | None = None,
+    unreadable: Sequence[tuple[Path, str]] = (),
 ) -> Counter:
     """Tag ``todo`` and write each result as it comes: a CSV row, or printed text; JSON at the end.
+
+    Args:
+        tally: counts to update as files finish (the caller's, so a stop can say what was kept).
+        unreadable: entries found that cannot be opened, with the reason: listed as failed in the JSON.
 
     Returns:
         Counts: ``tagged``, ``failed``, ``audio_seconds`` and ``seconds`` (wall clock).
     """
-    tally: Counter = Counter()
+    tally = Counter() if tally is None else tally
     as_json: dict[int, dict[str, Any]] = {}
     failures: dict[int, str] = {}
     start = time.perf_counter()
-    with tqdm(total=len(todo), unit="file", desc="predict", file=sys.stderr) as bar:
-        workers = args.workers if args.workers is not None else default_workers(bundle.device)
-        for result in tag_files(bundle, [f.path for f in todo], workers=workers, batch_size=args.batch_size):
+    workers = args.workers if args.workers is not None else default_workers(bundle.device)
+    results = tag_files(bundle, [f.path for f in todo], workers=workers, batch_size=args.batch_size)
+    # closing: a stop (Ctrl-C, an output that fails) ends the workers now, not when the generator is
+    # collected, where an exception is only "ignored" with its traceback
+    with tqdm(total=len(todo), unit="file", desc="predict", file=sys.stderr) as bar, closing(results):
+        for result in results:
             file = todo[result.index]
             bar.update(1)
             if result.error is not None:
@@ -208,7 +239,10 @@ def tag_library(
             "model": str(model),
             "git_rev": bundle.git_rev,
             "files": {str(todo[i].path): as_json[i] for i in sorted(as_json)},
-            "failed": {str(todo[i].path): failures[i] for i in sorted(failures)},
+            "failed": {
+                **{str(path): reason for path, reason in unreadable},
+                **{str(todo[i].path): failures[i] for i in sorted(failures)},
+            },
         }
-        print(json.dumps(report, indent=2))
+        print(json.dumps(report, indent=2, allow_nan=False))
     return tally

@@ -27,6 +27,9 @@ class Interrupted(Exception):
 
 
 DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+# Errors of a write to standard output (an OSError without a file name): the reader went away, the
+# disk it redirects to is full, or a file-size limit.
+OUTPUT_ERRORS = (errno.EPIPE, errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 
 
 def describe_os_error(err: OSError) -> str:
@@ -39,21 +42,34 @@ def describe_os_error(err: OSError) -> str:
     return f"{err.strerror or err} ({where})"
 
 
+def output_error(err: BaseException) -> str | None:
+    """The reason, when ``err`` is a write to standard output that failed (an ``OSError`` without a file
+    name: the reader went away, a full disk); None otherwise. Standard output then goes to
+    ``/dev/null``, so that nothing fails again at exit."""
+    if not (isinstance(err, OSError) and err.filename is None and err.errno in OUTPUT_ERRORS):
+        return None
+    with contextlib.suppress(OSError):
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    if isinstance(err, BrokenPipeError):
+        return "the output was closed (broken pipe)"
+    return f"cannot write the output: {err.strerror}"
+
+
 def exit_status(err: BaseException) -> int | None:
     """Print the one line an expected failure gets and return its exit status; None: not expected.
 
     - :class:`UserError` (a bad file, flag or parameter: ``ParamsError`` is one): ``error: ...``, 2;
-    - ``BrokenPipeError``: the reader went away (``mstagger info | head``): quietly, 1;
+    - standard output that fails (the reader went away: ``mstagger info | head``; a full disk;
+      ``/dev/full``): one line, 2;
     - any other ``OSError`` (a read-only folder, a full disk, a file removed under our feet): 2;
     - ``KeyboardInterrupt`` or :class:`Interrupted`: ``interrupted`` (or what was kept), 130.
     """
     if isinstance(err, UserError):
         print(f"error: {err}", file=sys.stderr)
         return 2
-    if isinstance(err, BrokenPipeError):
-        with contextlib.suppress(OSError):  # nothing more reaches the reader; later flushes must not fail
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 1
+    if (reason := output_error(err)) is not None:
+        print(f"error: {reason}", file=sys.stderr)
+        return 2
     if isinstance(err, OSError):
         print(f"error: {describe_os_error(err)}", file=sys.stderr)
         return 2

@@ -12,6 +12,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from mstagger.core.errors import guarded
+from mstagger.core.locks import stage_lock
 
 log = logging.getLogger("mstagger")
 
@@ -52,13 +53,20 @@ def _stage_name(func: Callable[..., Any]) -> str:
 
 
 def stage_main(func: Callable[[], Any]) -> Callable[[], None]:
-    """Wrap a stage's ``main``: expected failures become one ``error: ...`` line and exit status 2."""
+    """Wrap a stage's ``main``: expected failures become one ``error: ...`` line and exit status 2; the
+    stage runs under its lock (:func:`mstagger.core.locks.stage_lock`): a second start is refused."""
 
     @functools.wraps(func)
     def wrapper() -> None:
-        setup_logging(_stage_name(func))
-        status = guarded(func)()
+        stage = _stage_name(func)
+        setup_logging(stage)
+        status = guarded(_locked)(stage, func)
         if isinstance(status, int):
             raise SystemExit(status)
 
     return wrapper
+
+
+def _locked(stage: str, func: Callable[[], Any]) -> Any:
+    with stage_lock(stage):
+        return func()

@@ -70,7 +70,10 @@ def tag_messages(bundle: Bundle, messages: Iterator[Message | None], batch_size:
 
     def finish(done: Done) -> Tagged:
         del left[done.index]
-        return Tagged(done.index, sums.pop(done.index) / done.windows, done.seconds, done.windows)
+        probs = sums.pop(done.index) / done.windows
+        if not np.isfinite(probs).all():  # never a row or a JSON of NaN
+            return Tagged(done.index, None, error="the network's output is not finite (NaN or infinity)")
+        return Tagged(done.index, probs, done.seconds, done.windows)
 
     for message in messages:
         if isinstance(message, Window):

@@ -81,12 +81,16 @@ def block_windows(
 
     Raises:
         AudioError: the signal cannot be used (see :func:`mstagger.data.audio.checked`; for a file, also
-            :func:`mstagger.data.audio.decode_blocks`). The checks that need the whole signal come after
-            the full windows, which the caller then discards.
+            :func:`mstagger.data.audio.decode_blocks`), or its spectrogram overflows. The checks that
+            need the whole signal come after the full windows, which the caller then discards.
     """
     window = (spec.n_frames - 1) * spec.hop_length
     for samples in windows(checked(blocks, spec.sample_rate, min_seconds, stats), window):
-        yield log_mel(samples, spec).astype(MEL_DTYPE)
+        with np.errstate(over="ignore", invalid="ignore"):  # checked below, named in one line
+            mel = log_mel(samples, spec).astype(MEL_DTYPE)
+        if not np.isfinite(mel).all():  # infinite or NaN samples, before checked() names them at the end
+            raise AudioError("samples out of range: the spectrogram is not finite")
+        yield mel
 
 
 def file_windows(
@@ -181,6 +185,9 @@ def _init_worker(lifeline: Any, results: Any, stop: Any, spec: SpectrogramParams
     """
     threading.Thread(target=_exit_when_closed, args=(lifeline,), daemon=True).start()
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # A worker's exit must not wait for the parent to read what it queued: a parent that stopped
+    # reading (its output failed) would otherwise wait for the worker forever, and the worker for it.
+    results.cancel_join_thread()
     keep_freed_memory(**DECODER_MALLOC)
     _STATE.update(
         results=results, stop=stop, spec=spec, min_seconds=min_seconds, limits=threadpool_limits(limits=1)
@@ -284,6 +291,11 @@ def _pool_messages(
             if isinstance(message, Done | Failed):
                 in_flight.pop(message.index, None)
             yield message
+    except BaseException:
+        # Stopped early (Ctrl-C, the output failed, the caller closed the stream): end the workers at
+        # once by closing their lifeline, instead of waiting for them to finish their files.
+        lifeline_end.close()
+        raise
     finally:
         stop.set()  # workers waiting on a full queue give up; queued files are cancelled
         pool.shutdown(wait=True, cancel_futures=True)

@@ -8,9 +8,14 @@ command itself. NCCL joins processes on CUDA, gloo on the CPU.
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import os
+import signal
 import subprocess
 import sys
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,7 +23,9 @@ import torch
 import torch.distributed as dist
 
 from mstagger.core.errors import UserError
+from mstagger.core.locks import HELD_ENV
 from mstagger.core.runtime import resolve_device
+from mstagger.core.system import die_with_parent
 
 
 @dataclass(frozen=True)
@@ -48,13 +55,80 @@ def launched_by_torchrun() -> bool:
 
 
 def relaunch_under_torchrun(nproc: int, module: str) -> int:
-    """Run ``torchrun --standalone --nproc_per_node=nproc -m module`` and return its exit status."""
+    """Run ``torchrun --standalone --nproc_per_node=nproc -m module`` and return its exit status.
+
+    The processes end with this one, however it ends. Killed (SIGKILL), the kernel sends torchrun
+    SIGTERM and torchrun stops its trainers, which die besides when torchrun dies (:func:`setup`).
+    Stopped (SIGTERM, Ctrl-C), this process kills torchrun and its trainers and waits until they are
+    gone: a checkpoint is written whole or not at all, so nothing is lost that a graceful stop would
+    keep. torchrun runs in its own process group, so a terminal's Ctrl-C reaches this process alone.
+    The trainers run under this process's stage lock (:data:`mstagger.core.locks.HELD_ENV`).
+    """
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
-    return subprocess.call([*command, "-m", module])
+    env = {**os.environ, HELD_ENV: str(os.getpid())}
+    proc = subprocess.Popen(
+        [*command, "-m", module], env=env, preexec_fn=_end_with(os.getpid()), start_new_session=True
+    )
+    previous = signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    try:
+        return proc.wait()
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        if proc.poll() is None:
+            _kill_tree(proc)
+            print("stopped: torchrun and the training processes have ended", file=sys.stderr)
+
+
+def _exit_on_sigterm(signum: int, frame: Any) -> None:
+    raise SystemExit(128 + signum)
+
+
+def _children(pid: int) -> set[int]:
+    """The child processes of ``pid`` (Linux /proc; elsewhere none)."""
+    found: set[int] = set()
+    with contextlib.suppress(OSError):
+        for task in os.listdir(f"/proc/{pid}/task"):
+            with contextlib.suppress(OSError), open(f"/proc/{pid}/task/{task}/children") as f:
+                found.update(int(c) for c in f.read().split())
+    return found
+
+
+def _kill_tree(proc: subprocess.Popen) -> None:
+    """SIGKILL ``proc`` and its children, and wait until all of them are gone (10 s at most)."""
+    trainers = _children(proc.pid)
+    proc.kill()
+    proc.wait()
+    for pid in trainers:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and any(os.path.exists(f"/proc/{pid}") for pid in trainers):
+        time.sleep(0.02)  # reaped by init once their parent is gone
+
+
+def _end_with(parent: int) -> Callable[[], None]:
+    """A ``preexec_fn``: the child gets SIGTERM when ``parent`` dies (Linux; elsewhere nothing)."""
+
+    try:  # looked up before the fork: the child only calls it
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        prctl = None
+
+    def set_death_signal() -> None:
+        if prctl is not None:
+            prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+        if os.getppid() != parent:  # the parent died before the request took effect
+            os._exit(1)
+
+    return set_death_signal
+
+
+_PR_SET_PDEATHSIG = 1  # prctl option, from linux/prctl.h
 
 
 def setup(world: World, device_name: str) -> torch.device:
-    """Pick this process's device and, with several processes, join the process group.
+    """Pick this process's device and, with several processes, join the process group; a process of
+    torchrun's ends when torchrun ends.
 
     Args:
         world: from :func:`world_from_env`.
@@ -63,6 +137,8 @@ def setup(world: World, device_name: str) -> torch.device:
     Raises:
         UserError: several processes asked for on one explicitly named GPU, or fewer GPUs than processes.
     """
+    if launched_by_torchrun():
+        die_with_parent()  # a trainer ends when torchrun does, even killed
     device = resolve_device(device_name)
     if world.size == 1:
         return device
