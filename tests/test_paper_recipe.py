@@ -62,7 +62,7 @@ def test_the_paper_command_gives_the_papers_recipe():
 
 
 def test_the_recommended_run_is_mtat_on_the_folder_split():
-    args = readme_command("-n folder")
+    args = readme_command("-n pons")
     p = params_from_dict(apply_overrides(args, yaml.safe_load((ROOT / "params.yaml").read_text())))
     assert (
         p.dataset == "mtat"
