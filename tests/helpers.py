@@ -6,6 +6,7 @@ readers are tested against the format, not against themselves.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 from pathlib import Path
@@ -243,3 +244,34 @@ def make_pipeline_repo(repo: Path, **overrides: Any) -> Path:
     repo.joinpath("repro.log").write_text(result.stdout + result.stderr)
     git_commit(repo, "tiny run")
     return repo
+
+
+@contextlib.contextmanager
+def tmpfs(mountpoint: Path, size: str, read_only: bool = False):
+    """A small (or read-only) file system at ``mountpoint``; the test is skipped where mounting is refused."""
+    import subprocess
+
+    import pytest
+
+    mountpoint.mkdir(parents=True, exist_ok=True)
+    options = f"size={size}" + (",ro" if read_only else "")
+    result = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(mountpoint)], capture_output=True
+    )
+    if result.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here ({result.stderr.decode().strip()})")
+    try:
+        yield mountpoint
+    finally:
+        subprocess.run(["umount", "-l", str(mountpoint)], check=False)
+
+
+def wait_until(predicate: Any, timeout: float, what: str) -> None:
+    """Poll ``predicate`` every 50 ms; fail the test naming ``what`` after ``timeout`` seconds."""
+    import time
+
+    end = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > end:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)

@@ -7,14 +7,13 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import psutil
 import pytest
 import torch
 
-from helpers import tiny_train_data, write_params, write_train_inputs
+from helpers import tiny_train_data, wait_until, write_params, write_train_inputs
 
 TRAIN = {"epochs": 2, "batch_size": 8, "lr_milestones": [1], "precision": "fp32", "device": "cpu"}
 HERE = Path(__file__).resolve().parent
@@ -82,14 +81,6 @@ def test_the_weights_are_identical_on_both_processes_after_every_step(tmp_path):
     assert rank0 == rank1
     assert len(set(rank0)) == len(rank0)  # the weights did change at every step
     assert torch.load(root / "models/model.pt", weights_only=True)["format"].startswith("mstagger-bundle")
-
-
-def wait_until(predicate, timeout: float, what: str) -> None:
-    end = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > end:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
 
 
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["SIGKILL", "SIGTERM"])

@@ -7,7 +7,6 @@ Every test works on its own copy of one tiny pipeline repository that has run on
 
 from __future__ import annotations
 
-import contextlib
 import os
 import re
 import shutil
@@ -20,7 +19,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from helpers import make_pipeline_repo, sh
+from helpers import make_pipeline_repo, sh, tmpfs
 
 pytestmark = pytest.mark.slow
 HERE = Path(__file__).resolve().parent
@@ -67,22 +66,6 @@ def tree_digest(folder: Path) -> dict[str, bytes]:
     return {
         p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()
     }
-
-
-@contextlib.contextmanager
-def tmpfs(mountpoint: Path, size: str, read_only: bool = False):
-    """A small (or read-only) file system at ``mountpoint``; the test is skipped where mounting is refused."""
-    mountpoint.mkdir(parents=True, exist_ok=True)
-    options = f"size={size}" + (",ro" if read_only else "")
-    result = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(mountpoint)], capture_output=True
-    )
-    if result.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here ({result.stderr.decode().strip()})")
-    try:
-        yield mountpoint
-    finally:
-        subprocess.run(["umount", "-l", str(mountpoint)], check=False)
 
 
 def session_processes(sid: int) -> dict[int, str]:

@@ -6,23 +6,14 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
-from helpers import tiny_train_data, write_params, write_train_inputs
+from helpers import tiny_train_data, wait_until, write_params, write_train_inputs
 from mstagger.core.locks import Busy, exclusive
 
 TRAIN = {"epochs": 200, "batch_size": 8, "lr_milestones": [1], "precision": "fp32", "device": "cpu"}
-
-
-def wait_until(predicate, timeout: float, what: str) -> None:
-    end = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > end:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
 
 
 def holder(lock: Path) -> str:

@@ -21,6 +21,7 @@ import pytest
 import soundfile as sf
 import torch
 
+from helpers import tmpfs
 from mstagger.inference.bundle import save_bundle
 from mstagger.inference.tagger import Tagger
 from mstagger.model import MultiScaleCNN
@@ -128,19 +129,6 @@ def test_stdout_on_a_full_device_is_one_line_and_a_status(bundle, library):
     assert done.returncode == 2
     assert "error: cannot write the output: No space left on device; stopped" in done.stderr
     assert "Traceback" not in done.stderr
-
-
-@contextlib.contextmanager
-def tmpfs(mountpoint: Path, size: str):
-    mountpoint.mkdir(parents=True, exist_ok=True)
-    result = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mountpoint)],
-                            capture_output=True)  # fmt: skip
-    if result.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here ({result.stderr.decode().strip()})")
-    try:
-        yield mountpoint
-    finally:
-        subprocess.run(["umount", "-l", str(mountpoint)], check=False)
 
 
 def test_a_table_on_a_file_system_that_fills_up_ends_with_one_line_and_keeps_its_rows(
