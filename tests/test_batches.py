@@ -65,3 +65,43 @@ def test_streaming_leaves_the_global_rng_alone(tmp_path):
     before = torch.get_rng_state()
     list(source.batches([np.arange(4), np.arange(4, 8)]))
     assert torch.equal(before, torch.get_rng_state())
+
+
+def test_device_source_uploads_an_epochs_positions_once_and_slices_them(monkeypatch):
+    """On CUDA a host-to-device copy from pageable memory waits for the GPU: one per epoch, not per step."""
+    import mstagger.training.batches as batches_module
+    from mstagger.training.batches import DeviceSource
+
+    uploads = []
+    real = batches_module.upload
+    monkeypatch.setattr(batches_module, "upload", lambda a, d: uploads.append(len(a)) or real(a, d))
+    mel = np.random.default_rng(0).normal(size=(20, N_MELS, N_FRAMES)).astype(np.float16)
+    labels = (np.arange(20 * N_TAGS).reshape(20, N_TAGS) % 3 == 0).astype(np.uint8)
+    resident = np.arange(2, 20)
+    source = DeviceSource(mel, labels, resident, torch.device("cpu"))
+    batches = epoch_batches(resident, 5, 1, 1)  # 5, 5, 5, 3
+    got = list(source.batches(batches))
+    assert uploads == [18]
+    assert [len(m) for m, _ in got] == [5, 5, 5, 3]
+    for batch, (mels, target) in zip(batches, got, strict=True):
+        assert torch.equal(mels, torch.from_numpy(mel[batch]))
+        assert torch.equal(target, torch.from_numpy(labels[batch].astype(np.float32)))
+
+
+def test_inference_on_resident_features_uploads_the_positions_once(monkeypatch):
+    import mstagger.inference.tagger as tagger_module
+    from mstagger.inference.tagger import Tagger, predict_logits
+    from mstagger.model import MultiScaleCNN
+
+    uploads = []
+    real = tagger_module.upload
+    monkeypatch.setattr(tagger_module, "upload", lambda a, d: uploads.append(len(a)) or real(a, d))
+    torch.manual_seed(0)
+    tagger = Tagger(
+        MultiScaleCNN(n_tags=N_TAGS, n_mels=N_MELS, n_frames=N_FRAMES), np.zeros(N_MELS), np.ones(N_MELS)
+    )
+    mel = np.random.default_rng(1).normal(size=(12, N_MELS, N_FRAMES)).astype(np.float16)
+    rows = np.array([11, 0, 5, 3, 7, 2, 9])
+    resident = predict_logits(tagger, torch.from_numpy(mel), rows, precision="fp32", batch_size=3)
+    assert uploads == [7]  # 3 batches, one upload
+    assert torch.equal(resident, predict_logits(tagger, mel, rows, precision="fp32", batch_size=3))
