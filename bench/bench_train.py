@@ -146,15 +146,17 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def make_features(folder: Path, n_train: int, n_valid: int) -> TrainData:
+def make_features(
+    folder: Path, n_train: int, n_valid: int, n_mels: int = N_MELS, n_frames: int = N_FRAMES
+) -> TrainData:
     """Random float16 log-mel-like features and labels of MTAT's geometry, as a memory-mapped file."""
     n = n_train + n_valid
     rng = np.random.default_rng(0)
     path = folder / "mel.npy"
-    mel = np.lib.format.open_memmap(path, mode="w+", dtype=np.float16, shape=(n, N_MELS, N_FRAMES))
+    mel = np.lib.format.open_memmap(path, mode="w+", dtype=np.float16, shape=(n, n_mels, n_frames))
     for start in range(0, n, 512):
         stop = min(n, start + 512)
-        mel[start:stop] = rng.standard_normal((stop - start, N_MELS, N_FRAMES), dtype=np.float32)
+        mel[start:stop] = rng.standard_normal((stop - start, n_mels, n_frames), dtype=np.float32)
     mel.flush()
     del mel
     labels = (rng.random((n, N_TAGS)) < 0.06).astype(np.uint8)  # MTAT's top-50 density is ~6%
@@ -163,8 +165,8 @@ def make_features(folder: Path, n_train: int, n_valid: int) -> TrainData:
         labels=labels,
         tags=[f"tag{j}" for j in range(N_TAGS)],
         split=np.array(["train"] * n_train + ["valid"] * n_valid),
-        mean=np.zeros(N_MELS, np.float32),
-        std=np.ones(N_MELS, np.float32),
+        mean=np.zeros(n_mels, np.float32),
+        std=np.ones(n_mels, np.float32),
     )
 
 
@@ -175,7 +177,8 @@ class SeedLoop:
         self.host = np.array(data.mel)  # read whole into host memory, as the reimplementation does
         self.data, self.device = data, device
         torch.manual_seed(0)
-        self.model = MultiScaleCNN(n_tags=N_TAGS).to(device)
+        n_mels, n_frames = data.mel.shape[1:]
+        self.model = MultiScaleCNN(n_tags=N_TAGS, n_mels=n_mels, n_frames=n_frames).to(device)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=1e-3)
 
     def _loader(self, rows: np.ndarray, shuffle: bool) -> torch.utils.data.DataLoader:
@@ -329,6 +332,8 @@ def main() -> None:
         help="DataLoader workers of the streamed variants (default: 4 on CUDA when /dev/shm has 1 GiB "
         "free, else 0: workers pass batches through /dev/shm and die when it is small)",
     )
+    parser.add_argument("--mels", type=int, default=N_MELS, help="input height (a dry run: small)")
+    parser.add_argument("--frames", type=int, default=N_FRAMES, help="input width")
     parser.add_argument(
         "--out", type=Path, help="the results JSON (default bench/results/train-<device>.json)"
     )
@@ -338,11 +343,11 @@ def main() -> None:
     workers = args.workers if args.workers is not None else default_workers(device)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_model() or "cpu"
     peak = bf16_peak(name) if device.type == "cuda" else None
-    flops = flops_per_clip()
+    flops = flops_per_clip(args.mels, args.frames)
     epoch_flops = args.train_clips * flops["train_step"] + args.valid_clips * flops["forward"]
     rows = []
     with tempfile.TemporaryDirectory(dir=REPO / "bench") as tmp:
-        data = make_features(Path(tmp), args.train_clips, args.valid_clips)
+        data = make_features(Path(tmp), args.train_clips, args.valid_clips, args.mels, args.frames)
         for number, variant in enumerate(VARIANTS):
             if (args.only and number not in args.only) or (variant.cuda_only and device.type != "cuda"):
                 continue
@@ -399,8 +404,8 @@ def main() -> None:
         "geometry": {
             "train": args.train_clips,
             "valid": args.valid_clips,
-            "mels": N_MELS,
-            "frames": N_FRAMES,
+            "mels": args.mels,
+            "frames": args.frames,
         },
         "batch": BATCH,
         "streamed_workers": workers,
