@@ -105,3 +105,47 @@ def test_inference_on_resident_features_uploads_the_positions_once(monkeypatch):
     resident = predict_logits(tagger, torch.from_numpy(mel), rows, precision="fp32", batch_size=3)
     assert uploads == [7]  # 3 batches, one upload
     assert torch.equal(resident, predict_logits(tagger, mel, rows, precision="fp32", batch_size=3))
+
+
+def test_batchnorm_recalibration_never_reads_a_number_back_from_the_device(monkeypatch):
+    """BatchNorm's cumulative average (momentum None) reads its batch counter with float(): on CUDA a
+    wait per layer and batch. The recalibration gives the same statistics without it."""
+    from mstagger.inference.tagger import Tagger
+    from mstagger.model import MultiScaleCNN
+    from mstagger.training.batches import DeviceSource
+    from mstagger.training.epoch import recalibrate_batchnorm
+
+    torch.manual_seed(0)
+    tagger = Tagger(
+        MultiScaleCNN(n_tags=N_TAGS, n_mels=N_MELS, n_frames=N_FRAMES), np.zeros(N_MELS), np.ones(N_MELS)
+    )
+    mel = np.random.default_rng(2).normal(size=(23, N_MELS, N_FRAMES)).astype(np.float16)
+    source = DeviceSource(mel, np.zeros((23, N_TAGS), np.uint8), np.arange(23), torch.device("cpu"))
+    rows = np.arange(3, 23)  # batches of 6, 6, 6, 2
+    # the reference: PyTorch's cumulative average
+    reference = Tagger(
+        MultiScaleCNN(n_tags=N_TAGS, n_mels=N_MELS, n_frames=N_FRAMES), np.zeros(N_MELS), np.ones(N_MELS)
+    )
+    reference.load_state_dict(tagger.state_dict())
+    norms = [m for m in reference.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None
+    reference.train()
+    with torch.no_grad():
+        for start in range(0, 20, 6):
+            reference(torch.from_numpy(mel[rows[start : start + 6]]))
+
+    def no_read(self):
+        raise AssertionError("a tensor was read back as a Python number")
+
+    monkeypatch.setattr(torch.Tensor, "__float__", no_read)
+    recalibrate_batchnorm(tagger, source, rows, 6, "fp32", torch.device("cpu"))
+    monkeypatch.undo()
+    got, want = tagger.state_dict(), reference.state_dict()
+    for key in want:
+        if "running" in key or "num_batches" in key:
+            assert torch.equal(got[key], want[key]), key  # the same arithmetic: bit-identical
+    assert all(
+        m.momentum == 0.01 for m in tagger.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)
+    )

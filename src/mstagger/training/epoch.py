@@ -118,15 +118,18 @@ def recalibrate_batchnorm(
     momenta = [m.momentum for m in norms]
     for m in norms:
         m.reset_running_stats()
-        m.momentum = None  # cumulative average over the batches below
     tagger.train()
     for m in tagger.modules():
         if isinstance(m, nn.Dropout):
             m.eval()
     clips = Gather(*source.for_inference(rows), device)
-    for start in range(0, len(clips) - 1, batch_size):
+    for k, start in enumerate(range(0, len(clips) - 1, batch_size), start=1):
         if min(len(clips), start + batch_size) - start < 2:
             break
+        # The cumulative average over the batches: momentum 1/k at batch k. (BatchNorm's own,
+        # momentum None, reads its batch counter from the device, a wait on the GPU per layer.)
+        for m in norms:
+            m.momentum = 1.0 / k
         with autocast(device, precision):
             tagger(clips(start, start + batch_size))
     for m, momentum in zip(norms, momenta, strict=True):
