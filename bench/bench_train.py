@@ -16,10 +16,17 @@ epoch including validation, clips per second, peak host and device memory, the p
 with its warm-up and compilation, is reported apart); on the CPU ``--steps`` training steps and
 ``--valid-batches`` validation batches are timed and an epoch is projected from them.
 
-    python bench/bench_train.py [--device auto] [--epochs 2] [--steps 6] [--valid-batches 4]
+Against the physical limit: the FLOPs of an epoch are counted once by PyTorch's FLOP counter
+(``torch.utils.flop_counter.FlopCounterMode``, on the meta device: shapes only, no arithmetic), and
+each variant reports the TFLOP/s it achieves and their share of the device's dense bf16 peak
+(:data:`BF16_PEAK_TFLOPS`; none on a CPU). The warm-up (the first epoch on a GPU, the warm-up steps
+on the CPU: compilation, cuDNN autotuning) is reported apart, and the 40-epoch projection is given
+without it (steady state) and with it.
+
+    python bench/bench_train.py [--device auto] [--epochs 2] [--steps 6] [--valid-batches 4] [--out F]
 
 Runs with ``PYTHONPATH=src`` and torch, numpy and scikit-learn alone. Prints a table and writes
-``bench/results/train-<cpu|cuda>.json``.
+``bench/results/train-<cpu|cuda>.json`` (or ``--out``).
 """
 
 from __future__ import annotations
@@ -36,6 +43,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
 
 from common import cpu_model, machine, write_results  # bench/ is on sys.path when this file runs
 from mstagger.core.runtime import resolve_device
@@ -45,11 +53,33 @@ from mstagger.params import load_params
 from mstagger.train import TrainData, build_tagger, make_optimizer, prepare_device
 from mstagger.training.batches import DeviceSource, StreamSource, epoch_batches
 from mstagger.training.distributed import World
-from mstagger.training.epoch import train_epoch, validate
+from mstagger.training.epoch import step_model, train_epoch, validate
 
 RESULTS = Path(__file__).resolve().parent / "results"
 REPO = Path(__file__).resolve().parents[1]
 N_MELS, N_FRAMES, N_TAGS, BATCH, EPOCHS = 128, 628, 50, 32, 40
+# Dense (no sparsity) bfloat16 tensor-core peaks, TFLOP/s, from the vendor's data sheets, matched
+# against torch.cuda.get_device_name in this order; a device not listed gets no share.
+BF16_PEAK_TFLOPS = (("H100 PCIe", None), ("H100", 989.0), ("H200", 989.0))
+
+
+def bf16_peak(device_name: str) -> float | None:
+    """The dense bf16 peak of a named GPU in TFLOP/s (:data:`BF16_PEAK_TFLOPS`), else None."""
+    return next((peak for key, peak in BF16_PEAK_TFLOPS if key in device_name), None)
+
+
+def flops_per_clip(n_mels: int = N_MELS, n_frames: int = N_FRAMES, batch: int = BATCH) -> dict[str, float]:
+    """FLOPs of the network per clip, forward alone and forward + backward, counted by PyTorch.
+
+    Counted on the meta device (shapes only: instant, whatever the machine); a multiply-add counts 2.
+    """
+    model = MultiScaleCNN(n_tags=N_TAGS, n_mels=n_mels, n_frames=n_frames).to("meta")
+    x = torch.empty((batch, 1, n_mels, n_frames), device="meta")
+    with FlopCounterMode(display=False) as forward:
+        model.eval()(x)
+    with FlopCounterMode(display=False) as step:
+        model.train()(x).sum().backward()
+    return {"forward": forward.get_total_flops() / batch, "train_step": step.get_total_flops() / batch}
 
 
 @dataclass(frozen=True)
@@ -116,15 +146,17 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def make_features(folder: Path, n_train: int, n_valid: int) -> TrainData:
+def make_features(
+    folder: Path, n_train: int, n_valid: int, n_mels: int = N_MELS, n_frames: int = N_FRAMES
+) -> TrainData:
     """Random float16 log-mel-like features and labels of MTAT's geometry, as a memory-mapped file."""
     n = n_train + n_valid
     rng = np.random.default_rng(0)
     path = folder / "mel.npy"
-    mel = np.lib.format.open_memmap(path, mode="w+", dtype=np.float16, shape=(n, N_MELS, N_FRAMES))
+    mel = np.lib.format.open_memmap(path, mode="w+", dtype=np.float16, shape=(n, n_mels, n_frames))
     for start in range(0, n, 512):
         stop = min(n, start + 512)
-        mel[start:stop] = rng.standard_normal((stop - start, N_MELS, N_FRAMES), dtype=np.float32)
+        mel[start:stop] = rng.standard_normal((stop - start, n_mels, n_frames), dtype=np.float32)
     mel.flush()
     del mel
     labels = (rng.random((n, N_TAGS)) < 0.06).astype(np.uint8)  # MTAT's top-50 density is ~6%
@@ -133,8 +165,8 @@ def make_features(folder: Path, n_train: int, n_valid: int) -> TrainData:
         labels=labels,
         tags=[f"tag{j}" for j in range(N_TAGS)],
         split=np.array(["train"] * n_train + ["valid"] * n_valid),
-        mean=np.zeros(N_MELS, np.float32),
-        std=np.ones(N_MELS, np.float32),
+        mean=np.zeros(n_mels, np.float32),
+        std=np.ones(n_mels, np.float32),
     )
 
 
@@ -145,7 +177,8 @@ class SeedLoop:
         self.host = np.array(data.mel)  # read whole into host memory, as the reimplementation does
         self.data, self.device = data, device
         torch.manual_seed(0)
-        self.model = MultiScaleCNN(n_tags=N_TAGS).to(device)
+        n_mels, n_frames = data.mel.shape[1:]
+        self.model = MultiScaleCNN(n_tags=N_TAGS, n_mels=n_mels, n_frames=n_frames).to(device)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=1e-3)
 
     def _loader(self, rows: np.ndarray, shuffle: bool) -> torch.utils.data.DataLoader:
@@ -186,7 +219,7 @@ class SeedLoop:
 class OurLoop:
     """Ours, through the real training code of mstagger.train, with the variant's optimisations."""
 
-    def __init__(self, data: TrainData, variant: Variant, device: torch.device) -> None:
+    def __init__(self, data: TrainData, variant: Variant, device: torch.device, workers: int) -> None:
         self.params = replace(
             load_params(REPO / "params.yaml"),
             precision=variant.precision,
@@ -202,10 +235,9 @@ class OurLoop:
             self.optimizer = make_optimizer(self.tagger, self.params, device)  # fused on CUDA
         else:
             self.optimizer = torch.optim.Adam(self.tagger.network.parameters(), lr=1e-3, foreach=True)
-        compiled = variant.compile != "none"
-        self.model = torch.compile(self.tagger, mode=variant.compile) if compiled else self.tagger
+        # compiled for full batches; the last, partial one of an epoch runs eagerly (as the stage)
+        self.model = step_model(self.tagger, variant.compile, BATCH)
         resident = np.concatenate([data.rows("train"), data.rows("valid")])
-        workers = 4 if device.type == "cuda" else 0
         self.source = (
             DeviceSource(data.mel, data.labels, resident, device)
             if variant.on_device
@@ -225,6 +257,17 @@ class OurLoop:
         )
 
 
+def default_workers(device: torch.device) -> int:
+    """4 DataLoader workers on CUDA when /dev/shm has room for their batches, else 0 (in-process)."""
+    if device.type != "cuda":
+        return 0
+    try:
+        stat = os.statvfs("/dev/shm")
+    except OSError:
+        return 0
+    return 4 if stat.f_bavail * stat.f_frsize >= 2**30 else 0
+
+
 def timed(device: torch.device, work) -> float:
     sync(device)
     start = time.perf_counter()
@@ -234,7 +277,12 @@ def timed(device: torch.device, work) -> float:
 
 
 def measure(loop, device: torch.device, whole_epochs: int, n_steps: int, n_valid: int) -> dict:
-    """Seconds of the first and of a steady epoch (whole epochs), or of an epoch projected from samples."""
+    """Seconds of the warm-up and of a steady epoch (whole epochs), or of an epoch projected from samples.
+
+    The 40-epoch projection comes without the warm-up (``recipe_40_epochs_s``: steady state) and with it
+    (``recipe_40_epochs_with_warmup_s``); on a GPU the warm-up is the first epoch's excess over a
+    steady one, on the CPU the two warm-up steps (compilation happens there).
+    """
     data = loop.data
     steps_per_epoch, valid = len(data.rows("train")) // BATCH, data.rows("valid")
     valid_batches = -(-len(valid) // BATCH)
@@ -246,21 +294,25 @@ def measure(loop, device: torch.device, whole_epochs: int, n_steps: int, n_valid
         first, steady = epochs[0], epochs[-1]
         return {
             "first_epoch_s": first,
+            "warmup_s": first - steady,
             "s_per_epoch": steady,
             "s_per_step": None,
-            "recipe_40_epochs_s": first + (EPOCHS - 1) * steady,
+            "recipe_40_epochs_s": EPOCHS * steady,
+            "recipe_40_epochs_with_warmup_s": first + (EPOCHS - 1) * steady,
             "measured": f"{whole_epochs} whole epochs",
         }
-    loop.train(2)  # warm-up
+    warmup_s = timed(device, lambda: loop.train(2))  # compilation, first touches of memory
     step_s = timed(device, lambda: loop.train(n_steps)) / n_steps
     rows = valid[: n_valid * BATCH]
     valid_batch_s = timed(device, lambda: loop.validate(rows)) / n_valid
     epoch_s = steps_per_epoch * step_s + valid_batches * valid_batch_s
     return {
         "first_epoch_s": None,
+        "warmup_s": warmup_s,
         "s_per_epoch": epoch_s,
         "s_per_step": step_s,
         "recipe_40_epochs_s": EPOCHS * epoch_s,
+        "recipe_40_epochs_with_warmup_s": warmup_s + EPOCHS * epoch_s,
         "measured": f"{n_steps} steps and {n_valid} validation batches, projected to an epoch",
     }
 
@@ -274,12 +326,28 @@ def main() -> None:
     parser.add_argument("--train-clips", type=int, default=18706)
     parser.add_argument("--valid-clips", type=int, default=1825)
     parser.add_argument("--only", nargs="*", type=int, help="variant numbers to run (default: all)")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        help="DataLoader workers of the streamed variants (default: 4 on CUDA when /dev/shm has 1 GiB "
+        "free, else 0: workers pass batches through /dev/shm and die when it is small)",
+    )
+    parser.add_argument("--mels", type=int, default=N_MELS, help="input height (a dry run: small)")
+    parser.add_argument("--frames", type=int, default=N_FRAMES, help="input width")
+    parser.add_argument(
+        "--out", type=Path, help="the results JSON (default bench/results/train-<device>.json)"
+    )
     args = parser.parse_args()
     device = resolve_device(args.device, source="--device")
     whole_epochs = args.epochs if device.type == "cuda" else 0  # whole epochs on a GPU only
+    workers = args.workers if args.workers is not None else default_workers(device)
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_model() or "cpu"
+    peak = bf16_peak(name) if device.type == "cuda" else None
+    flops = flops_per_clip(args.mels, args.frames)
+    epoch_flops = args.train_clips * flops["train_step"] + args.valid_clips * flops["forward"]
     rows = []
     with tempfile.TemporaryDirectory(dir=REPO / "bench") as tmp:
-        data = make_features(Path(tmp), args.train_clips, args.valid_clips)
+        data = make_features(Path(tmp), args.train_clips, args.valid_clips, args.mels, args.frames)
         for number, variant in enumerate(VARIANTS):
             if (args.only and number not in args.only) or (variant.cuda_only and device.type != "cuda"):
                 continue
@@ -287,7 +355,10 @@ def main() -> None:
                 torch.cuda.empty_cache()
                 torch.cuda.reset_peak_memory_stats(device)
             with PeakMemory() as memory:
-                loop = SeedLoop(data, device) if variant.seed_loop else OurLoop(data, variant, device)
+                if variant.seed_loop:
+                    loop = SeedLoop(data, device)
+                else:
+                    loop = OurLoop(data, variant, device, workers)
                 row = {
                     "variant": variant.name,
                     **measure(loop, device, whole_epochs, args.steps, args.valid_batches),
@@ -295,6 +366,8 @@ def main() -> None:
                 del loop
                 gc.collect()  # the seed loop's host copy of the features lives in reference cycles
             row["clips_per_s"] = args.train_clips / row["s_per_epoch"]
+            row["tflops_per_s"] = epoch_flops / row["s_per_epoch"] / 1e12
+            row["share_of_bf16_peak"] = row["tflops_per_s"] / peak if peak else None
             row["peak_host_gib"] = memory.peak / 2**30
             row["peak_device_gib"] = torch.cuda.max_memory_allocated(device) / 2**30 if whole_epochs else None
             rows.append(row)
@@ -304,15 +377,24 @@ def main() -> None:
         row["speedup_vs_seed_loop"] = seed["s_per_epoch"] / row["s_per_epoch"] if seed else None
         if seed and row["s_per_step"]:
             row["step_speedup_vs_seed_loop"] = seed["s_per_step"] / row["s_per_step"]
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_model() or "cpu"
     print(f"\ndevice: {device} ({name}), torch {torch.__version__}, {os.cpu_count()} CPUs, batch {BATCH}")
-    print(f"{'variant':55s} {'s/epoch':>8s} {'clips/s':>8s} {'40 ep. s':>9s} {'host GiB':>8s} {'x seed':>7s}")
+    print(
+        f"FLOPs per clip (PyTorch's counter): {flops['forward'] / 1e9:.3f} G forward, "
+        f"{flops['train_step'] / 1e9:.3f} G forward + backward; an epoch with validation "
+        f"{epoch_flops / 1e12:.1f} TFLOP; bf16 peak {f'{peak:.0f} TFLOP/s' if peak else 'n/a'}"
+    )
+    print(
+        f"{'variant':55s} {'s/epoch':>8s} {'warm-up':>8s} {'40 ep. s':>9s} {'+warm-up':>9s} "
+        f"{'TFLOP/s':>8s} {'% peak':>7s} {'host GiB':>8s} {'x seed':>7s}"
+    )
     for r in rows:
+        share = f"{100 * r['share_of_bf16_peak']:6.2f}%" if r["share_of_bf16_peak"] else "    n/a"
         print(
-            f"{r['variant']:55s} {r['s_per_epoch']:8.1f} {r['clips_per_s']:8.1f} "
-            f"{r['recipe_40_epochs_s']:9.0f} {r['peak_host_gib']:8.2f} {r['speedup_vs_seed_loop'] or 0:6.2f}x"
+            f"{r['variant']:55s} {r['s_per_epoch']:8.1f} {r['warmup_s']:8.1f} {r['recipe_40_epochs_s']:9.0f} "
+            f"{r['recipe_40_epochs_with_warmup_s']:9.0f} {r['tflops_per_s']:8.3f} {share} "
+            f"{r['peak_host_gib']:8.2f} {r['speedup_vs_seed_loop'] or 0:6.2f}x"
         )
-    out = RESULTS / f"train-{device.type}.json"
+    out = args.out or RESULTS / f"train-{device.type}.json"
     report = {
         "benchmark": "train",
         "device": str(device),
@@ -322,10 +404,14 @@ def main() -> None:
         "geometry": {
             "train": args.train_clips,
             "valid": args.valid_clips,
-            "mels": N_MELS,
-            "frames": N_FRAMES,
+            "mels": args.mels,
+            "frames": args.frames,
         },
         "batch": BATCH,
+        "streamed_workers": workers,
+        "flops_per_clip": flops,
+        "flops_per_epoch": epoch_flops,
+        "bf16_peak_tflops": peak,
         "rows": rows,
     }
     write_results(out, report)

@@ -65,3 +65,87 @@ def test_streaming_leaves_the_global_rng_alone(tmp_path):
     before = torch.get_rng_state()
     list(source.batches([np.arange(4), np.arange(4, 8)]))
     assert torch.equal(before, torch.get_rng_state())
+
+
+def test_device_source_uploads_an_epochs_positions_once_and_slices_them(monkeypatch):
+    """On CUDA a host-to-device copy from pageable memory waits for the GPU: one per epoch, not per step."""
+    import mstagger.training.batches as batches_module
+    from mstagger.training.batches import DeviceSource
+
+    uploads = []
+    real = batches_module.upload
+    monkeypatch.setattr(batches_module, "upload", lambda a, d: uploads.append(len(a)) or real(a, d))
+    mel = np.random.default_rng(0).normal(size=(20, N_MELS, N_FRAMES)).astype(np.float16)
+    labels = (np.arange(20 * N_TAGS).reshape(20, N_TAGS) % 3 == 0).astype(np.uint8)
+    resident = np.arange(2, 20)
+    source = DeviceSource(mel, labels, resident, torch.device("cpu"))
+    batches = epoch_batches(resident, 5, 1, 1)  # 5, 5, 5, 3
+    got = list(source.batches(batches))
+    assert uploads == [18]
+    assert [len(m) for m, _ in got] == [5, 5, 5, 3]
+    for batch, (mels, target) in zip(batches, got, strict=True):
+        assert torch.equal(mels, torch.from_numpy(mel[batch]))
+        assert torch.equal(target, torch.from_numpy(labels[batch].astype(np.float32)))
+
+
+def test_inference_on_resident_features_uploads_the_positions_once(monkeypatch):
+    import mstagger.inference.tagger as tagger_module
+    from mstagger.inference.tagger import Tagger, predict_logits
+    from mstagger.model import MultiScaleCNN
+
+    uploads = []
+    real = tagger_module.upload
+    monkeypatch.setattr(tagger_module, "upload", lambda a, d: uploads.append(len(a)) or real(a, d))
+    torch.manual_seed(0)
+    tagger = Tagger(
+        MultiScaleCNN(n_tags=N_TAGS, n_mels=N_MELS, n_frames=N_FRAMES), np.zeros(N_MELS), np.ones(N_MELS)
+    )
+    mel = np.random.default_rng(1).normal(size=(12, N_MELS, N_FRAMES)).astype(np.float16)
+    rows = np.array([11, 0, 5, 3, 7, 2, 9])
+    resident = predict_logits(tagger, torch.from_numpy(mel), rows, precision="fp32", batch_size=3)
+    assert uploads == [7]  # 3 batches, one upload
+    assert torch.equal(resident, predict_logits(tagger, mel, rows, precision="fp32", batch_size=3))
+
+
+def test_batchnorm_recalibration_never_reads_a_number_back_from_the_device(monkeypatch):
+    """BatchNorm's cumulative average (momentum None) reads its batch counter with float(): on CUDA a
+    wait per layer and batch. The recalibration gives the same statistics without it."""
+    from mstagger.inference.tagger import Tagger
+    from mstagger.model import MultiScaleCNN
+    from mstagger.training.batches import DeviceSource
+    from mstagger.training.epoch import recalibrate_batchnorm
+
+    torch.manual_seed(0)
+    tagger = Tagger(
+        MultiScaleCNN(n_tags=N_TAGS, n_mels=N_MELS, n_frames=N_FRAMES), np.zeros(N_MELS), np.ones(N_MELS)
+    )
+    mel = np.random.default_rng(2).normal(size=(23, N_MELS, N_FRAMES)).astype(np.float16)
+    source = DeviceSource(mel, np.zeros((23, N_TAGS), np.uint8), np.arange(23), torch.device("cpu"))
+    rows = np.arange(3, 23)  # batches of 6, 6, 6, 2
+    # the reference: PyTorch's cumulative average
+    reference = Tagger(
+        MultiScaleCNN(n_tags=N_TAGS, n_mels=N_MELS, n_frames=N_FRAMES), np.zeros(N_MELS), np.ones(N_MELS)
+    )
+    reference.load_state_dict(tagger.state_dict())
+    norms = [m for m in reference.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None
+    reference.train()
+    with torch.no_grad():
+        for start in range(0, 20, 6):
+            reference(torch.from_numpy(mel[rows[start : start + 6]]))
+
+    def no_read(self):
+        raise AssertionError("a tensor was read back as a Python number")
+
+    monkeypatch.setattr(torch.Tensor, "__float__", no_read)
+    recalibrate_batchnorm(tagger, source, rows, 6, "fp32", torch.device("cpu"))
+    monkeypatch.undo()
+    got, want = tagger.state_dict(), reference.state_dict()
+    for key in want:
+        if "running" in key or "num_batches" in key:
+            assert torch.equal(got[key], want[key]), key  # the same arithmetic: bit-identical
+    assert all(
+        m.momentum == 0.01 for m in tagger.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)
+    )

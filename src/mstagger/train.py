@@ -63,7 +63,7 @@ from mstagger.training.distributed import (
     teardown,
     world_from_env,
 )
-from mstagger.training.epoch import Source, recalibrate_batchnorm, train_epoch, validate
+from mstagger.training.epoch import OneShape, Source, recalibrate_batchnorm, step_model, train_epoch, validate
 from mstagger.training.selection import Selection
 
 
@@ -222,7 +222,7 @@ class Run:
     device: torch.device
     tagger: Tagger
     optimizer: torch.optim.Optimizer
-    step_model: nn.Module  # the tagger wrapped for steps (DistributedDataParallel, torch.compile)
+    step_model: nn.Module | OneShape  # the tagger wrapped for steps (DistributedDataParallel, compiled)
     source: Source
     train_rows: np.ndarray
     valid_rows: np.ndarray
@@ -252,7 +252,10 @@ def start_run(data: TrainData, params: Params, device: torch.device, world: Worl
         device=device,
         tagger=tagger,
         optimizer=make_optimizer(tagger, params, device),
-        step_model=model if params.compile == "none" else torch.compile(model, mode=params.compile),
+        # compiled for full batches only: the last, partial one runs eagerly (no second graph)
+        step_model=step_model(
+            model, params.compile, len(rank_share(np.arange(params.batch_size), world.rank, world.size))
+        ),
         source=open_source(data, params, device, np.concatenate([train_rows, valid_rows])),
         train_rows=train_rows,
         valid_rows=valid_rows,

@@ -45,11 +45,41 @@ class Tagger(nn.Module):
         return self.network(x)
 
 
-def gather(mel: np.ndarray | torch.Tensor, rows: np.ndarray, device: torch.device) -> torch.Tensor:
-    """Clips ``rows`` of raw log-mel (a NumPy array or memmap, or a tensor) as a tensor on ``device``."""
-    if isinstance(mel, torch.Tensor):
-        return mel[torch.as_tensor(rows, device=mel.device)].to(device, non_blocking=True)
-    return torch.from_numpy(np.ascontiguousarray(mel[rows])).to(device, non_blocking=True)
+def upload(array: np.ndarray, device: torch.device) -> torch.Tensor:
+    """``array`` as a tensor on ``device``, without making the host wait for the device.
+
+    A copy from ordinary (pageable) host memory to a GPU blocks the host until the GPU has finished
+    all its queued work: one such copy per step serialises host and device. Through pinned memory
+    the copy is queued on the stream like a kernel, in order with the steps that use it.
+    """
+    tensor = torch.from_numpy(np.ascontiguousarray(array))
+    if device.type != "cuda":
+        return tensor.to(device)
+    return tensor.pin_memory().to(device, non_blocking=True)
+
+
+class Gather:
+    """Batches of clips of raw log-mel, as tensors on ``device``, in the order of ``rows``.
+
+    ``mel`` is a NumPy array or memmap (each batch is read and copied up as it is needed) or a tensor
+    already on the device (the positions ``rows`` are uploaded once, here, and each batch is a slice of
+    them: no host-device wait per batch).
+    """
+
+    def __init__(self, mel: np.ndarray | torch.Tensor, rows: np.ndarray, device: torch.device) -> None:
+        self.mel, self.device = mel, device
+        self.rows = np.asarray(rows, dtype=np.int64)
+        self.positions = upload(self.rows, mel.device) if isinstance(mel, torch.Tensor) else None
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __call__(self, start: int, stop: int) -> torch.Tensor:
+        """Clips ``rows[start:stop]``: (stop - start, n_mels, n_frames) on the device."""
+        if self.positions is not None:
+            return self.mel[self.positions[start:stop]].to(self.device, non_blocking=True)
+        batch = np.ascontiguousarray(self.mel[self.rows[start:stop]])
+        return torch.from_numpy(batch).to(self.device, non_blocking=True)
 
 
 @torch.no_grad()
@@ -79,9 +109,10 @@ def predict_logits(
     device = next(tagger.parameters()).device
     rows = np.arange(len(mel)) if rows is None else np.asarray(rows, dtype=np.int64)
     tagger.eval()
+    clips = Gather(mel, rows, device)
     out = []
     for start in range(0, len(rows), batch_size):
         with autocast(device, precision):
-            out.append(tagger(gather(mel, rows[start : start + batch_size], device)).float())
+            out.append(tagger(clips(start, start + batch_size)).float())
     n_tags = tagger.network.config.n_tags
     return torch.cat(out).cpu() if out else torch.zeros((0, n_tags))

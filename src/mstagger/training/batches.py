@@ -4,7 +4,8 @@ The batches of an epoch are a pure function of the seed and the epoch (:func:`ep
 sources deliver them, the same batches in the same order, so the choice never changes the result:
 
 - :class:`DeviceSource`: the train and valid spectrograms are copied to the device once, as float16,
-  and every batch is gathered there (no DataLoader, no host copy per step);
+  and every batch is gathered there: the epoch's indices go up in one asynchronous copy and each
+  step slices them on the device (no DataLoader, no host copy and no wait on the GPU per step);
 - :class:`StreamSource`: batches are read from the memory-mapped ``mel.npy`` by a DataLoader (worker
   processes when ``num_workers`` > 0) into pinned memory and copied to the device asynchronously, so
   host memory stays flat however large the dataset.
@@ -19,6 +20,7 @@ import torch
 
 from mstagger.core.disk import human_size
 from mstagger.core.log import log
+from mstagger.inference.tagger import upload
 
 # Share of the device's free memory the resident features may take under data_on_device: auto; the
 # rest is for weights, optimiser state and activations (a few GB at batch 32 x 128 x 628).
@@ -100,18 +102,25 @@ class DeviceSource:
         """Device memory the features and labels take."""
         return self.mel.numel() * self.mel.element_size() + self.labels.numel() * 4
 
-    def index(self, rows: np.ndarray) -> torch.Tensor:
+    def slots(self, rows: np.ndarray) -> np.ndarray:
         """Positions of ``rows`` (rows of ``mel.npy``) in the resident tensors."""
         slots = self.slot[rows]
         if (slots < 0).any():
             raise KeyError(f"rows {rows[slots < 0][:5].tolist()} are not on the device")
-        return torch.as_tensor(slots, device=self.device)
+        return slots
 
     def batches(self, batches: list[np.ndarray]) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """(mels float16 (B, M, T), targets float32 (B, n_tags)) per batch, gathered on the device."""
-        for batch in batches:
-            idx = self.index(batch)
-            yield self.mel[idx], self.labels[idx]
+        """(mels float16 (B, M, T), targets float32 (B, n_tags)) per batch, gathered on the device.
+
+        The positions of all the batches are uploaded once (:func:`upload`) and sliced on the device.
+        """
+        if not batches:
+            return
+        ends = np.cumsum([len(b) for b in batches]).tolist()
+        idx = upload(self.slots(np.concatenate(batches)), self.device)
+        for start, end in zip([0, *ends[:-1]], ends, strict=True):
+            part = idx[start:end]  # a view on the device: no copy, no wait
+            yield self.mel[part], self.labels[part]
 
     def for_inference(self, rows: np.ndarray) -> tuple[torch.Tensor, np.ndarray]:
         """What :func:`~mstagger.inference.tagger.predict_logits` takes to score ``rows``: (array, rows)."""

@@ -11,15 +11,49 @@ from tqdm import tqdm
 
 from mstagger.core.errors import UserError
 from mstagger.evaluation.scores import macro_scores
-from mstagger.inference.tagger import Tagger, autocast, gather, predict_logits
+from mstagger.inference.tagger import Gather, Tagger, autocast, predict_logits
 from mstagger.training.batches import DeviceSource, StreamSource
 from mstagger.training.distributed import World, sum_over_processes
 
 Source = DeviceSource | StreamSource
 
 
+class OneShape:
+    """Steps through a compiled model that only ever sees one batch shape.
+
+    ``torch.compile`` specialises its graph on the batch size: the last, partial batch of an epoch
+    (18,706 = 584 x 32 + 18 on MTAT) would compile a second graph and, with ``reduce-overhead``,
+    record and keep a second CUDA graph. Full batches run through ``compiled``, any other size through
+    ``eager``, the same module run eagerly: the same parameters, the same clips, one step in an
+    epoch on other kernels.
+
+    Args:
+        eager: the model (or its DistributedDataParallel wrapper).
+        compiled: ``torch.compile`` of ``eager``.
+        batch: the clips of a full batch on this process.
+    """
+
+    def __init__(self, eager: nn.Module, compiled: nn.Module, batch: int) -> None:
+        self.eager, self.compiled, self.batch = eager, compiled, batch
+
+    def train(self, mode: bool = True) -> OneShape:
+        self.eager.train(mode)
+        return self
+
+    def __call__(self, mels: torch.Tensor) -> torch.Tensor:
+        return (self.compiled if mels.shape[0] == self.batch else self.eager)(mels)
+
+
+def step_model(model: nn.Module, mode: str, batch: int) -> nn.Module | OneShape:
+    """What training steps call: ``model`` itself (``compile: none``), else :class:`OneShape` of it
+    compiled with ``mode``, for full batches of ``batch`` clips on this process."""
+    if mode == "none":
+        return model
+    return OneShape(model, torch.compile(model, mode=mode), batch)
+
+
 def train_epoch(
-    model: nn.Module,
+    model: nn.Module | OneShape,
     optimizer: torch.optim.Optimizer,
     batches: Any,
     n_batches: int,
@@ -84,18 +118,20 @@ def recalibrate_batchnorm(
     momenta = [m.momentum for m in norms]
     for m in norms:
         m.reset_running_stats()
-        m.momentum = None  # cumulative average over the batches below
     tagger.train()
     for m in tagger.modules():
         if isinstance(m, nn.Dropout):
             m.eval()
-    mel, idx = source.for_inference(rows)
-    for start in range(0, len(idx) - 1, batch_size):
-        chunk = idx[start : start + batch_size]
-        if len(chunk) < 2:
+    clips = Gather(*source.for_inference(rows), device)
+    for k, start in enumerate(range(0, len(clips) - 1, batch_size), start=1):
+        if min(len(clips), start + batch_size) - start < 2:
             break
+        # The cumulative average over the batches: momentum 1/k at batch k. (BatchNorm's own,
+        # momentum None, reads its batch counter from the device, a wait on the GPU per layer.)
+        for m in norms:
+            m.momentum = 1.0 / k
         with autocast(device, precision):
-            tagger(gather(mel, chunk, device))
+            tagger(clips(start, start + batch_size))
     for m, momentum in zip(norms, momenta, strict=True):
         m.momentum = momentum
     tagger.eval()
