@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -41,3 +42,30 @@ def test_an_unknown_command_and_python_dash_m(capsys) -> None:
     assert "unknown command 'bogus'" in capsys.readouterr().err
     done = subprocess.run([sys.executable, "-m", "mstagger", "--help"], capture_output=True, text=True)
     assert done.returncode == 0 and "predict PATH..." in done.stdout
+
+
+def test_every_command_whose_output_fails_says_so_in_one_line(tmp_path) -> None:
+    """stdout on a full disk (/dev/full): one line and status 2 for tags and report too, as for predict
+    and info (tests/test_predict_faults.py); before, the failure came at exit as a traceback."""
+    from helpers import make_fake_project
+    from test_report import exp_show
+
+    proj = make_fake_project(tmp_path)
+    saved = tmp_path / "exp.json"
+    saved.write_text(json.dumps(exp_show()))
+    commands = {
+        "tags": ["tags", "--annotations", str(proj["raw"] / "annotations_final.csv")],
+        "report": ["report", "--from", str(saved)],
+    }
+    for name, argv in commands.items():
+        with open("/dev/full", "w") as full:
+            done = subprocess.run(
+                [sys.executable, "-m", "mstagger", *argv],
+                cwd=tmp_path,
+                stdout=full,
+                stderr=subprocess.PIPE,
+                text=True,
+                timeout=120,
+            )
+        assert done.returncode == 2, (name, done.stderr)
+        assert done.stderr == "error: cannot write the output: No space left on device\n", (name, done.stderr)

@@ -176,6 +176,9 @@ def test_no_int_param_takes_more_than_64_bits(key):
         ({"download": {"timeout": 1e10}}, "download.timeout"),  # socket: timestamp out of range
         ({"download": {"retries": 1100}}, "download.retries"),  # the backoff overflows time.sleep
         ({"lr_gamma": float("nan")}, "lr_gamma"),
+        ({"extract": {"workers": 10**6}}, "extract.workers"),  # a million decoding processes
+        ({"num_workers": 10**6}, "num_workers"),
+        ({"nproc_per_node": 10**6}, "nproc_per_node"),  # on the CPU, a million trainers
     ],
 )
 def test_values_no_stage_can_use_name_the_key(overrides, key):
@@ -239,6 +242,27 @@ def test_a_checkpoint_at_params_yaml_is_refused_and_the_file_kept(tmp_path):
     assert "project's own params.yaml" in refused(run_stage(tmp_path), "paths.checkpoint")
     assert (tmp_path / "params.yaml").read_bytes() == before
     assert not (tmp_path / "params.yaml.set-aside").exists()
+
+
+@pytest.mark.parametrize(
+    ("local_dir", "relation"),
+    [("data/raw", "is paths.raw"), ("data/raw/mtat", "lies in paths.raw"), ("data", "holds paths.raw")],
+)
+def test_an_mtat_copy_that_meets_an_output_is_refused_and_kept(tmp_path, local_dir, relation):
+    """download replaces paths.raw whole: an MTAT copy there was deleted with it (check_params passed)."""
+    copy = tmp_path / local_dir / "annotations_final.csv"
+    copy.parent.mkdir(parents=True)
+    copy.write_text("the user's own file\n")
+    write_params(tmp_path, dataset="mtat", download={"local_dir": local_dir})
+    line = refused(run_stage(tmp_path), "download.local_dir")
+    assert f"{local_dir} {relation} (data/raw)" in line
+    assert copy.read_text() == "the user's own file\n"
+
+
+def test_an_mtat_copy_outside_the_outputs_passes(tmp_path):
+    (tmp_path / "mtat").mkdir()
+    write_params(tmp_path, dataset="mtat", download={"local_dir": str(tmp_path / "mtat")})
+    assert run_stage(tmp_path).returncode == 0
 
 
 def test_a_checkpoint_path_holding_a_users_file_is_refused(tmp_path):

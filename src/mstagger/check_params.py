@@ -60,6 +60,29 @@ def check_inside(params: Params, root: str | Path = ".") -> None:
                 )
 
 
+def check_local_dir(params: Params, root: str | Path = ".") -> None:
+    """``download.local_dir``, the user's own MTAT copy that ``download`` reads, is no output and holds
+    none: the stages replace their outputs whole, which would delete the user's copy.
+
+    Raises:
+        UserError: naming ``download.local_dir`` and the output it meets.
+    """
+    if not params.download.local_dir:
+        return
+    top = Path(os.path.realpath(root))
+    mine = Path(os.path.realpath(top / params.download.local_dir))  # absolute or relative, links followed
+    outputs = {f"paths.{f.name}": getattr(params.paths, f.name) for f in fields(params.paths)}
+    outputs["download.cache_dir"] = params.download.cache_dir
+    for key, value in outputs.items():
+        out = Path(os.path.realpath(top / value))
+        if mine == out or out in mine.parents or mine in out.parents:
+            relation = "is" if mine == out else "lies in" if out in mine.parents else "holds"
+            raise UserError(
+                f"params: download.local_dir: {params.download.local_dir} {relation} {key} ({value}), which "
+                "the pipeline replaces whole; point download.local_dir at your MTAT copy outside the outputs"
+            )
+
+
 def check_checkpoint(params: Params) -> None:
     """``paths.checkpoint`` is absent or a checkpoint (a ``torch.save`` zip archive), not a user's file.
 
@@ -129,6 +152,7 @@ def main() -> None:
     """Load and validate ``params.yaml``, check the output paths, write the stamp."""
     params = load_params()
     check_inside(params)
+    check_local_dir(params)
     check_outputs(params)
     check_checkpoint(params)
     check_runnable(params)

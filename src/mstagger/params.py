@@ -48,6 +48,10 @@ PROJECT_FILES = (".git", ".dvc", ".dvcignore", "dvc.yaml", "dvc.lock", "params.y
 MP3_SAMPLE_RATES = (8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000)
 # Integers go into NumPy and PyTorch as int64; PyTorch's device index is an int8 (cuda:128 is cuda:-128).
 INT64 = (-(2**63), 2**63 - 1)
+# Processes one stage may start (decoding workers, DataLoader workers, trainers): any count a machine
+# can run, and far below the thousands whose start alone would exhaust it. Counts do not change the
+# results, so a cap that does not depend on the machine keeps params.yaml portable.
+MAX_PROCESSES = 512
 DEVICE = re.compile(r"auto|cpu|cuda|cuda:(0|[1-9][0-9]{0,2})")
 MAX_CUDA_INDEX = 127
 
@@ -181,8 +185,8 @@ class ExtractParams:
     min_seconds: float = 20.0
 
     def _check(self, key: str) -> None:
-        if self.workers < 1:
-            _fail(f"{key}.workers", f"must be at least 1, got {self.workers}")
+        if not 1 <= self.workers <= MAX_PROCESSES:
+            _fail(f"{key}.workers", f"must be from 1 to {MAX_PROCESSES} processes, got {self.workers}")
         if self.min_seconds <= 0:
             _fail(f"{key}.min_seconds", f"must be positive, got {self.min_seconds}")
 
@@ -317,14 +321,14 @@ class Params:
             )
         if self.cpu_threads < 0:
             _fail("cpu_threads", f"must be 0 (one per CPU core) or a thread count, got {self.cpu_threads}")
-        if self.num_workers < 0:
-            _fail("num_workers", f"must be non-negative, got {self.num_workers}")
+        if not 0 <= self.num_workers <= MAX_PROCESSES:
+            _fail("num_workers", f"must be from 0 to {MAX_PROCESSES} processes, got {self.num_workers}")
         if self.data_on_device not in (True, False, "auto"):
             _fail("data_on_device", f"must be auto, true or false, got {self.data_on_device!r}")
         if self.compile not in COMPILE_MODES:
             _fail("compile", f"must be one of {', '.join(COMPILE_MODES)}, got {self.compile!r}")
-        if self.nproc_per_node < 1:
-            _fail("nproc_per_node", f"must be at least 1, got {self.nproc_per_node}")
+        if not 1 <= self.nproc_per_node <= MAX_PROCESSES:
+            _fail("nproc_per_node", f"must be from 1 to {MAX_PROCESSES} processes, got {self.nproc_per_node}")
         overlaps(self.paths, cache_dir=self.download.cache_dir)
 
     def _check_protocol_keys(self) -> None:
