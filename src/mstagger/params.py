@@ -164,14 +164,10 @@ class SpectrogramParams:
             _fail(
                 f"{key}.clip_seconds", f"gives more frames than fit a 64-bit integer, got {self.clip_seconds}"
             )
-        # extract computes the mel power in float32: a floor that rounds to 0 there makes log(0) = -inf
-        # out of silence, one that overflows makes every feature inf.
-        if not 0 < _float32(self.log_floor) < math.inf:
-            _fail(
-                f"{key}.log_floor",
-                f"must be a positive float32 (1.4e-45 to 3.4e38: extract computes in float32), "
-                f"got {self.log_floor}",
-            )
+        # extract floors the float64 mel power before the log: a floor of 0 (or below) gives log(0) = -inf
+        # out of silence. Any positive float64 floor is usable (its log, at least -745, fits float16).
+        if not self.log_floor > 0:
+            _fail(f"{key}.log_floor", f"must be positive, got {self.log_floor}")
 
     @property
     def n_frames(self) -> int:
