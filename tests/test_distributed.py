@@ -114,3 +114,39 @@ def test_a_stopped_two_process_training_leaves_no_process_behind(tmp_path, sig):
     if sig == signal.SIGTERM:
         assert stage.returncode == 128 + signal.SIGTERM
         assert "Traceback" not in (tmp_path / "log").read_text()
+
+
+def test_a_killed_streaming_training_leaves_no_dataloader_worker_behind(tmp_path):
+    """With ``num_workers: 2`` the stage streams batches through DataLoader worker processes; SIGKILL
+    to the stage must not leave them running (PyTorch's workers watch their parent and exit)."""
+    root = tmp_path / "project"
+    root.mkdir()
+    write_train_inputs(root, tiny_train_data(n=112))
+    write_params(
+        root, epochs=200, batch_size=8, lr_milestones=[1], precision="fp32", device="cpu",
+        data_on_device=False, num_workers=2,
+    )  # fmt: skip
+    stage = psutil.Popen(
+        [sys.executable, "-m", "mstagger.train"],
+        cwd=root,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    workers: list[psutil.Process] = []
+    try:
+
+        def loaders_running() -> bool:
+            with contextlib.suppress(psutil.Error):
+                workers[:] = stage.children(recursive=True)
+            return len(workers) >= 2
+
+        wait_until(loaders_running, 120, "two DataLoader workers")
+        stage.kill()
+        stage.wait(timeout=30)
+        _, alive = psutil.wait_procs(workers, timeout=30)
+        assert not alive, [p.pid for p in alive]
+    finally:
+        for p in [stage, *workers]:
+            with contextlib.suppress(psutil.Error):
+                p.kill()
