@@ -2,7 +2,7 @@
 
     import mstagger
 
-    model = mstagger.load_model()                 # paths.model of ./params.yaml, or a bundle's path
+    model = mstagger.load_model()                 # the project's paths.model, or a bundle's path
     model.tag("song.mp3")                         # {"guitar": 0.91, "rock": 0.87, ...} in model.tags order
     model.tag(["a.mp3", "b.flac"])                # one mapping per file, decoded in parallel
     model.tag(samples, sample_rate=44100)         # a NumPy array: (n,) mono or (n, channels)
@@ -37,7 +37,7 @@ from mstagger.inference.tagging import (
     tag_messages,
 )
 from mstagger.inference.windows import block_messages
-from mstagger.params import PARAMS_FILE, ParamsError, load_params
+from mstagger.params import project_model
 
 Audio = str | Path | np.ndarray
 
@@ -146,23 +146,15 @@ def load_model(path: str | Path | None = None, device: str = "auto") -> Model:
     """Load a trained model bundle for tagging.
 
     Args:
-        path: the bundle (``models/model.pt`` after ``dvc repro``); default: ``paths.model`` of
-            ``./params.yaml``.
+        path: the bundle (``models/model.pt`` after ``dvc repro``); default: ``paths.model`` of the
+            ``params.yaml`` in the current folder or its nearest parent.
         device: ``auto`` (CUDA when present), ``cpu``, ``cuda`` or ``cuda:N``.
 
     Warns:
         UserWarning: the model was trained on the synthetic demo dataset.
     """
-    if path is None:
-        if not Path(PARAMS_FILE).is_file():
-            raise UserError(
-                f"no model named and no {PARAMS_FILE} here: pass the bundle's path, "
-                "e.g. mstagger.load_model('models/model.pt')"
-            )
-        try:
-            path = load_params().paths.model
-        except ParamsError as err:
-            raise UserError(f"{err}; or pass the bundle's path to load_model") from None
+    if path is None:  # the project's model, as predict and info find it (from any of its folders)
+        path = project_model("pass the bundle's path, e.g. mstagger.load_model('models/model.pt')")
     path = Path(path)
     bundle = load_bundle(path, device=resolve_device(device, source="device"))
     if bundle.is_demo:
