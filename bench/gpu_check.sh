@@ -23,6 +23,8 @@
 #            finishes, removes the checkpoint; weights compared with the uninterrupted run     (~60 s)
 #   bench    bench/bench_train.py, eager: seed loop; ours streamed; data on device; fused Adam (~90 s)
 #   benchcc  bench/bench_train.py, + torch.compile reduce-overhead, TORCH_LOGS recompiles     (~150 s)
+#   profile  bench/step_profile.py: a step and an eval batch per kind of kernel (convolution,
+#            max-pool, dtype casts, ...), NCHW, compiled, CUDA graphs: what each change can save (~100 s)
 #
 # Rerun some steps on the same machine (the project in $WORK is reused):
 #     ONLY="stage resume" BUDGET=200 bash bench/gpu_check.sh
@@ -42,6 +44,7 @@ N_TRAIN=18706 N_VALID=1825 N_TEST=256 MELS=128 FRAMES=628 STAGE_EPOCHS=3 KILL_DE
 BENCH_EAGER_ARGS="--epochs 2 --only 0 1 4 5"
 BENCH_COMPILED_ARGS="--epochs 3 --only 7"
 MICRO_ARGS="--clips 2048 --steps 60"
+PROFILE_ARGS="--steps 10 --repeats 3"
 STAGE_ARGS=""
 if [[ ${DRY:-0} == 1 ]]; then # tiny sizes on the CPU, one thread: the plumbing, not the figures
   BUDGET=${DRY_BUDGET:-1200} # a loaded 2-core CPU takes minutes over what one GPU does in seconds
@@ -49,6 +52,7 @@ if [[ ${DRY:-0} == 1 ]]; then # tiny sizes on the CPU, one thread: the plumbing,
   BENCH_EAGER_ARGS="--train-clips 64 --valid-clips 32 --steps 1 --valid-batches 1 --only 0 4 --mels 16 --frames 64"
   BENCH_COMPILED_ARGS=""
   MICRO_ARGS="--clips 64 --steps 2 --batch 4 --mels 16 --frames 64"
+  PROFILE_ARGS="--batch 4 --mels 16 --frames 64 --steps 1 --repeats 1 --variants stage nchw"
   MIN_AUC=${MIN_AUC:-0.55} # 3 epochs of 9 steps at 16 x 64 (CPU: 0.60); at MTAT size expect > 0.8
   STAGE_ARGS="batch_size=8" # 70 = 8 x 8 + 6: a partial last batch, as MTAT's 18,706 = 584 x 32 + 18
   export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
@@ -62,7 +66,7 @@ DEVTYPE=${DEVICE%%:*}
 START=$(date +%s)
 export REPO HERE OUT WORK PY DEVICE DEVTYPE STAGE_EPOCHS KILL_DELAY START WHEELS
 export MIN_AUC=${MIN_AUC:-0.8}
-export N_TRAIN N_VALID N_TEST MELS FRAMES STAGE_ARGS BENCH_EAGER_ARGS BENCH_COMPILED_ARGS MICRO_ARGS
+export N_TRAIN N_VALID N_TEST MELS FRAMES STAGE_ARGS BENCH_EAGER_ARGS BENCH_COMPILED_ARGS MICRO_ARGS PROFILE_ARGS
 export TORCHINDUCTOR_CACHE_DIR=${TORCHINDUCTOR_CACHE_DIR:-$WORK/inductor-cache}
 export PYTHONUNBUFFERED=1 DVC_NO_ANALYTICS=1 DO_NOT_TRACK=1
 export PYTHONPATH="$REPO/src:$WORK/deps"
@@ -174,6 +178,12 @@ micro() {
   "$PY" "$CHECK" micro --device "$DEVICE" --params "$REPO/params.yaml" --out "$WORK/res/micro.json" $MICRO_ARGS
 }
 
+step_prof() {
+  cd "$REPO" || return 1
+  # shellcheck disable=SC2086
+  "$PY" bench/step_profile.py --device "$DEVICE" $PROFILE_ARGS --out "$WORK/res/step_profile.json"
+}
+
 predict_chk() {
   "$PY" "$CHECK" predict "$WORK/run_eager/models/model.pt" "$WORK/proj/data/features" \
     --device "$DEVICE" --out "$WORK/res/predict.json"
@@ -239,7 +249,7 @@ bench_compiled() {
     $BENCH_COMPILED_ARGS --out "$WORK/res/bench_train_compiled.json"
 }
 
-export -f left record stage_run stage_eager micro predict_chk resume_chk bench_eager bench_compiled \
+export -f left record stage_run stage_eager micro step_prof predict_chk resume_chk bench_eager bench_compiled \
   env_info make_proj
 
 main() {
@@ -263,6 +273,7 @@ main() {
   run_step resume 150 60 resume_chk
   run_step bench 150 90 bench_eager
   [[ -n $BENCH_COMPILED_ARGS ]] && run_step benchcc 240 120 bench_compiled
+  run_step profile 150 40 step_prof # last: what is left of the budget (compiled kernels cached)
   "$PY" "$CHECK" summarize "$WORK" "$OUT/summary.json"
   echo
   echo "=== steps (name, rc, seconds, note):"

@@ -38,7 +38,7 @@ def test_the_gpu_check_dry_run_passes_every_step(tmp_path):
     summary = json.loads((out / "summary.json").read_text())
     steps = {s["step"]: s["rc"] for s in summary["steps"]}
     assert steps == dict.fromkeys(
-        ["env", "deps", "project", "stage", "micro", "predict", "resume", "bench"], 0
+        ["env", "deps", "project", "stage", "micro", "predict", "resume", "bench", "profile"], 0
     )
     assert summary["stage_eager"]["val_roc_auc"] > 0.55
     assert {r["part"] for r in summary["timing_eager"]["records"]} >= {"train_epoch", "validate", "save"}
@@ -49,4 +49,8 @@ def test_the_gpu_check_dry_run_passes_every_step(tmp_path):
     rows = summary["bench_train_eager"]["rows"]
     assert rows[0]["variant"].startswith("seed loop") and all(r["tflops_per_s"] > 0 for r in rows)
     assert summary["bench_train_eager"]["flops_per_clip"]["train_step"] > 0
+    profiled = {r["variant"]: r for r in summary["step_profile"]["rows"]}
+    assert set(profiled) == {"stage", "nchw"} and profiled["nchw"]["layout"] == "contiguous_format"
+    kinds = profiled["stage"]["step_profile_ms"]
+    assert kinds["convolution"] > 0 and kinds["max-pool"] > 0 and kinds["total"] >= kinds["convolution"]
     assert before == {p.name: p.stat().st_mtime_ns for p in results.glob("*.json")}  # results untouched
