@@ -7,7 +7,8 @@
   precision, so the test ROC-AUC may move; it fails when it moves by more than the spread measured
   across CPU kinds and precisions (``bench/spread.py``: the range of the test ROC-AUC over its
   settings other than seeds, read from ``bench/results/spread-cpu.json``). It says plainly whether
-  the model and the scores are bit-identical.
+  the model's weights (``weights_sha256`` in ``metrics/train.json``: the model file also records the
+  git revision, so its own hash changes with every commit) and the scores are bit-identical.
 
 Usage: ``python .ci/check_repro.py [--rev HEAD]``, from the repository root; exit status 1 on a failure.
 """
@@ -50,6 +51,24 @@ def spread_bound(spread_file: Path) -> tuple[float, list[str]]:
     return max(scores) - min(scores), [f"{r['setting']} {r['roc_auc']:.4f}" for r in runs]
 
 
+def same_weights(rev: str, paths: dict, same_file: bool) -> tuple[bool, str]:
+    """Whether the model's weights equal the committed run's, and what was compared.
+
+    The train stage writes the SHA-256 of the kept weights to ``<metrics>/train.json``
+    (``weights_sha256``); the bundle file itself also records the git revision, so its hash in
+    dvc.lock changes with every commit. Without the digest on both sides, the file hashes decide.
+    """
+    train_json = f"{paths['metrics']}/train.json"
+    try:
+        now = json.loads(Path(train_json).read_text()).get("weights_sha256")
+        then = json.loads(committed(rev, train_json)).get("weights_sha256")
+    except (OSError, ValueError, SystemExit):
+        now = then = None
+    if now and then:
+        return now == then, f"the model's weights (sha256 {now[:12]} in {train_json})"
+    return same_file, paths["model"]
+
+
 def check(rev: str, spread_file: Path) -> list[str]:
     """Print what reproduced; return one line per failure."""
     paths = yaml.safe_load(Path("params.yaml").read_text())["paths"]
@@ -69,7 +88,9 @@ def check(rev: str, spread_file: Path) -> list[str]:
             print(f"{stage}: {path} is bit-identical to the committed dvc.lock ({got})")
 
     model = paths["model"]
-    same_model = out_hash(now, "train", model) == out_hash(then, "train", model)
+    same_model, what = same_weights(
+        rev, paths, out_hash(now, "train", model) == out_hash(then, "train", model)
+    )
     test_json = f"{paths['metrics']}/test.json"
     got = json.loads(Path(test_json).read_text())["roc_auc"]
     want = json.loads(committed(rev, test_json))["roc_auc"]
@@ -77,12 +98,11 @@ def check(rev: str, spread_file: Path) -> list[str]:
     moved = got - want
     if same_model and moved == 0:
         print(
-            f"train, evaluate: {model} and the test ROC-AUC ({got:.4f}) "
-            "are bit-identical to the committed run"
+            f"train, evaluate: {what} and the test ROC-AUC ({got:.4f}) are bit-identical to the committed run"
         )
         return failures
     print(
-        f"train, evaluate: {model} {'is bit-identical' if same_model else 'differs from the committed one'}; "
+        f"train, evaluate: {what}: {'bit-identical' if same_model else 'differs from the committed one'}; "
         f"test ROC-AUC {got:.4f} against the committed {want:.4f} ({moved:+.4f}); allowed: {bound:.4f}, the "
         f"range measured across CPU kinds and precisions in {spread_file} ({', '.join(settings)})"
     )

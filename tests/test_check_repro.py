@@ -45,9 +45,11 @@ def _lock(hashes: dict[str, str]) -> dict:
     }
 
 
-def _write(repo: Path, hashes: dict[str, str], roc_auc: float) -> None:
+def _write(repo: Path, hashes: dict[str, str], roc_auc: float, weights: str | None = None) -> None:
     (repo / "dvc.lock").write_text(yaml.safe_dump(_lock(hashes)))
     (repo / "metrics" / "test.json").write_text(json.dumps({"roc_auc": roc_auc}))
+    if weights:
+        (repo / "metrics" / "train.json").write_text(json.dumps({"weights_sha256": weights}))
 
 
 HASHES = {"download": "a.dir", "extract": "b.dir", "prepare": "c.dir", "train": "d"}
@@ -60,7 +62,7 @@ def repo(tmp_path: Path) -> Path:
     (tmp_path / "bench" / "results" / "spread-cpu.json").write_text(json.dumps(SPREAD))
     (tmp_path / "params.yaml").write_text(yaml.safe_dump({"paths": {**PATHS, "metrics": "metrics"}}))
     sh(["git", "init", "-q", "-b", "main"], tmp_path)
-    _write(tmp_path, HASHES, 0.89)
+    _write(tmp_path, HASHES, 0.89, weights="f" * 64)
     git_commit(tmp_path, "committed run")
     return tmp_path
 
@@ -88,11 +90,27 @@ def test_other_data_bits_fail_naming_the_stage(repo: Path, stage: str) -> None:
 
 
 def test_scores_may_move_within_the_measured_spread_and_no_further(repo: Path) -> None:
-    _write(repo, {**HASHES, "train": "e"}, 0.89 - 0.015)
+    _write(repo, {**HASHES, "train": "e"}, 0.89 - 0.015, weights="e" * 64)
     done = _check(repo)
     assert done.returncode == 0, done.stderr
     assert "differs from the committed one" in done.stdout and "allowed: 0.0200" in done.stdout
-    _write(repo, {**HASHES, "train": "e"}, 0.89 + 0.021)
+    _write(repo, {**HASHES, "train": "e"}, 0.89 + 0.021, weights="e" * 64)
     done = _check(repo)
     assert done.returncode == 1
     assert "stage evaluate: test ROC-AUC moved by +0.0210, more than 0.0200" in done.stderr
+
+
+def test_the_weights_digest_decides_not_the_model_files_hash(repo: Path) -> None:
+    """The bundle records the git revision, so its file hash changes with every commit; the weights
+    digest the train stage writes changes only when a number does."""
+    _write(repo, {**HASHES, "train": "e"}, 0.89, weights="f" * 64)  # another commit, the same weights
+    done = _check(repo)
+    assert done.returncode == 0, done.stderr
+    assert (
+        "the model's weights (sha256 ffffffffffff in metrics/train.json) and the test ROC-AUC" in done.stdout
+    )
+    assert "are bit-identical to the committed run" in done.stdout
+    _write(repo, HASHES, 0.89, weights="0" * 64)  # the same file hash cannot hide other weights
+    done = _check(repo)
+    assert done.returncode == 0, done.stderr
+    assert "the model's weights (sha256 000000000000 in metrics/train.json): differs from the" in done.stdout

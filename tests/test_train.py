@@ -123,13 +123,16 @@ def test_training_keeps_the_selected_validation_epoch_and_logs_curves(tmp_path, 
 
 def test_training_is_deterministic_on_cpu(tmp_path):
     data = tiny_train_data()
-    _, a = run(tmp_path, "a", data, precision="bf16")
-    _, b = run(tmp_path, "b", data, precision="bf16")
+    sa, a = run(tmp_path, "a", data, precision="bf16")
+    sb, b = run(tmp_path, "b", data, precision="bf16")
     assert (a / "log/metrics.json").read_text() == (b / "log/metrics.json").read_text()
     wa, wb = load_bundle(a / "model.pt").model.state_dict(), load_bundle(b / "model.pt").model.state_dict()
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
-    _, c = run(tmp_path, "c", data, precision="bf16", seed=7)
+    sc, c = run(tmp_path, "c", data, precision="bf16", seed=7)
     assert (a / "log/metrics.json").read_text() != (c / "log/metrics.json").read_text()
+    # The summary's weights digest says the same: equal for equal weights, and it is the bundle's.
+    assert sa["weights_sha256"] == sb["weights_sha256"] != sc["weights_sha256"]
+    assert sa["weights_sha256"] == load_bundle(a / "model.pt").weights_sha256
 
 
 def test_cpu_training_gives_the_same_bits_whatever_thread_count_the_machine_has(tmp_path):

@@ -40,7 +40,7 @@ from mstagger.core.runtime import git_revision
 from mstagger.core.system import keep_freed_memory
 from mstagger.data.artifacts import load_inputs, load_stats
 from mstagger.evaluation.scores import DEFAULT_THRESHOLD, MIN_POSITIVES, f1_thresholds
-from mstagger.inference.bundle import save_bundle
+from mstagger.inference.bundle import save_bundle, weights_digest
 from mstagger.inference.tagger import Tagger
 from mstagger.model import MultiScaleCNN, count_parameters
 from mstagger.params import Params, load_params
@@ -392,6 +392,7 @@ def finish(run: Run, model_path: Path, checkpoint_path: Path, git_rev: str, seco
         "data_on_device": isinstance(run.source, DeviceSource),
         "compile": params.compile,
         "seconds": seconds,
+        "weights_sha256": weights_digest(run.tagger),  # the kept weights, loaded above
     }
 
 

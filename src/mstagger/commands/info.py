@@ -96,6 +96,7 @@ def describe(bundle: Bundle, path: Path) -> dict[str, Any]:
         "test_source": test_source,
         "precision": bundle.precision,
         "git_rev": bundle.git_rev,
+        "weights_sha256": bundle.weights_sha256,
         "input": {
             "sample_rate": spec.sample_rate,
             "n_mels": spec.n_mels,
@@ -127,6 +128,7 @@ def format_info(info: dict[str, Any]) -> str:
         f"  training       {info['epochs']} epochs, kept epoch {info['best_epoch']}: validation ROC-AUC "
         f"{_score(val['roc_auc'])}, PR-AUC {_score(val['pr_auc'])}; precision {info['precision']}",
         f"  git revision   {info['git_rev']}",
+        f"  weights        sha256 {info['weights_sha256']}",
     ]
     test = info["test"]
     if test is None:

@@ -8,6 +8,7 @@ params it was trained with and the git revision. It is written atomically and lo
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
@@ -52,6 +53,11 @@ class Bundle:
     def device(self) -> torch.device:
         """Where the network runs."""
         return next(self.tagger.parameters()).device
+
+    @property
+    def weights_sha256(self) -> str:
+        """:func:`weights_digest` of the tagger: equal for equal weights, whatever else the file records."""
+        return weights_digest(self.tagger)
 
     @property
     def mean(self) -> np.ndarray:
@@ -115,6 +121,28 @@ class Bundle:
         return self.params.get("dataset") == "demo"
 
 
+def stored_state(tagger: Tagger) -> dict[str, torch.Tensor]:
+    """What a bundle stores of the network's state: every tensor on the CPU, as float32."""
+    return {k: v.detach().to("cpu", torch.float32) for k, v in tagger.network.state_dict().items()}
+
+
+def weights_digest(tagger: Tagger) -> str:
+    """SHA-256 of the numbers a bundle stores of ``tagger``: the network's state and the normalisation.
+
+    The bundle's file also records the git revision and the run's params, so its hash (dvc.lock's md5
+    of ``paths.model``) changes with every commit; this one changes only when a number does. The train
+    stage writes it to ``metrics/train.json`` (``weights_sha256``), ``info`` shows it, and CI compares it
+    with the committed run's.
+    """
+    digest = hashlib.sha256()
+    named = [*sorted(stored_state(tagger).items()), ("mean", tagger.mean), ("std", tagger.std)]
+    for name, tensor in named:
+        value = tensor.detach().to("cpu", torch.float32).contiguous()
+        digest.update(f"{name}:{tuple(value.shape)};".encode())
+        digest.update(value.numpy().tobytes())
+    return digest.hexdigest()
+
+
 def save_bundle(
     path: str | Path,
     tagger: Tagger,
@@ -146,7 +174,7 @@ def save_bundle(
         raise ValueError(f"{len(thresholds)} thresholds for {len(tags)} tags")
     payload = {
         "format": FORMAT,
-        "state_dict": {k: v.detach().to("cpu", torch.float32) for k, v in model.state_dict().items()},
+        "state_dict": stored_state(tagger),
         "model_config": model.config_dict(),
         "tags": list(tags),
         "mean": tagger.mean.detach().flatten().cpu(),
