@@ -359,10 +359,14 @@ def main() -> None:
                     loop = SeedLoop(data, device)
                 else:
                     loop = OurLoop(data, variant, device, workers)
-                row = {
-                    "variant": variant.name,
-                    **measure(loop, device, whole_epochs, args.steps, args.valid_batches),
-                }
+                try:
+                    row = {
+                        "variant": variant.name,
+                        **measure(loop, device, whole_epochs, args.steps, args.valid_batches),
+                    }
+                finally:
+                    if isinstance(loop, OurLoop):
+                        loop.source.close()  # a streamed DataLoader's workers persist until closed
                 del loop
                 gc.collect()  # the seed loop's host copy of the features lives in reference cycles
             row["clips_per_s"] = args.train_clips / row["s_per_epoch"]

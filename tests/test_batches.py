@@ -1,8 +1,13 @@
 """Training batches: a pure function of seed and epoch, shared out between processes, read from disk."""
 
+import multiprocessing
+import os
 import pickle
+import time
+from collections.abc import Callable
 
 import numpy as np
+import pytest
 import torch
 
 from mstagger.training.batches import (
@@ -49,12 +54,12 @@ def test_batch_dataset_pickles_a_memmap_as_its_path(tmp_path):
     path = tmp_path / "mel.npy"
     np.save(path, np.ones((64, N_MELS, N_FRAMES), np.float16))
     mel = np.load(path, mmap_mode="r")
-    dataset = _BatchDataset(mel, np.zeros((64, N_TAGS), np.uint8), [np.arange(4)])
+    dataset = _BatchDataset(mel, np.zeros((64, N_TAGS), np.uint8))
     blob = pickle.dumps(dataset)
     assert len(blob) < mel.nbytes / 10  # the path travels, not the array
     clone = pickle.loads(blob)
     assert isinstance(clone.mel, np.memmap)
-    assert torch.equal(clone[0][0], dataset[0][0])
+    assert torch.equal(clone[np.arange(4)][0], dataset[np.arange(4)][0])
 
 
 def test_streaming_leaves_the_global_rng_alone(tmp_path):
@@ -65,6 +70,101 @@ def test_streaming_leaves_the_global_rng_alone(tmp_path):
     before = torch.get_rng_state()
     list(source.batches([np.arange(4), np.arange(4, 8)]))
     assert torch.equal(before, torch.get_rng_state())
+
+
+@pytest.fixture
+def open_stream():
+    """``open_stream(workers)`` -> (mel, labels, a StreamSource over 16 clips); closed after the test."""
+    sources = []
+
+    def open_(workers: int) -> tuple[np.ndarray, np.ndarray, StreamSource]:
+        rng = np.random.default_rng(4)
+        mel = rng.normal(size=(16, N_MELS, N_FRAMES)).astype(np.float16)
+        labels = (rng.random((16, N_TAGS)) < 0.4).astype(np.uint8)
+        sources.append(StreamSource(mel, labels, torch.device("cpu"), num_workers=workers))
+        return mel, labels, sources[-1]
+
+    yield open_
+    for source in sources:
+        source.close()
+
+
+def record_reader_pids(monkeypatch, tmp_path) -> Callable[[], list[int]]:
+    """Make every batch read append the reading process's pid to a file; returns a reader of the pids."""
+    if multiprocessing.get_start_method() != "fork":
+        pytest.skip("the recording patch reaches DataLoader workers only when they are forked")
+    log = tmp_path / "pids"
+    log.touch()
+    read = _BatchDataset.__getitem__
+
+    def recording(self, item):
+        with open(log, "a") as f:
+            f.write(f"{os.getpid()}\n")
+        return read(self, item)
+
+    monkeypatch.setattr(_BatchDataset, "__getitem__", recording)
+    return lambda: [int(line) for line in log.read_text().split()]
+
+
+def process_gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    return False
+
+
+def test_streaming_keeps_its_worker_processes_from_epoch_to_epoch(monkeypatch, tmp_path, open_stream):
+    """Starting the workers once per epoch costs seconds a run; one DataLoader serves every epoch."""
+    pids = record_reader_pids(monkeypatch, tmp_path)
+    _, _, source = open_stream(2)
+    assert len(list(source.batches(epoch_batches(np.arange(16), 4, 1, 1)))) == 4
+    first = pids()
+    assert len(list(source.batches(epoch_batches(np.arange(16), 4, 1, 2)))) == 4
+    second = pids()[len(first) :]
+    assert len(first) == len(second) == 4  # every batch read once, in a worker
+    assert os.getpid() not in first + second
+    assert len(set(first)) == 2  # both workers read
+    assert set(second) == set(first)  # the same two processes in the second epoch
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_every_epoch_gets_its_own_batches_after_one_left_part_way(workers, open_stream):
+    """A partly iterated epoch leaves nothing behind (prefetched batches) for the next one."""
+    mel, labels, source = open_stream(workers)
+
+    def same(got, batches):
+        assert len(got) == len(batches)
+        for (mels, target), batch in zip(got, batches, strict=True):
+            assert torch.equal(mels, torch.from_numpy(mel[batch]))
+            assert torch.equal(target, torch.from_numpy(labels[batch].astype(np.float32)))
+
+    epochs = {e: epoch_batches(np.arange(16), 3, 7, e) for e in range(1, 5)}  # 5 batches of 3 (1 dropped)
+    same(list(source.batches(epochs[1])), epochs[1])
+    partial = source.batches(epochs[2])
+    same([next(partial)], epochs[2][:1])  # and then abandoned, its generator still alive
+    same(list(source.batches(epochs[3])), epochs[3])
+    with pytest.raises(RuntimeError, match="took over"):
+        next(partial)  # a superseded epoch must not take the next one's batches
+    one = source.batches(epochs[4])
+    same([next(one)], epochs[4][:1])
+    del one  # abandoned and collected part-way
+    same(list(source.batches(epochs[4])), epochs[4])  # the same epoch again, from its start
+
+
+def test_closing_the_stream_stops_its_worker_processes(monkeypatch, tmp_path, open_stream):
+    pids = record_reader_pids(monkeypatch, tmp_path)
+    _, _, source = open_stream(2)
+    list(source.batches(epoch_batches(np.arange(16), 4, 1, 1)))
+    workers = set(pids())
+    assert len(workers) == 2 and os.getpid() not in workers
+    assert not any(process_gone(pid) for pid in workers)  # they outlive the epoch...
+    source.close()
+    deadline = time.monotonic() + 30
+    while not all(process_gone(pid) for pid in workers):  # ...and not close()
+        assert time.monotonic() < deadline, f"workers {workers} still running after close()"
+        time.sleep(0.02)
+    source.close()  # twice is harmless
 
 
 def test_device_source_uploads_an_epochs_positions_once_and_slices_them(monkeypatch):

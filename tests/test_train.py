@@ -198,6 +198,23 @@ def test_data_on_the_device_and_streamed_give_the_same_batches_and_the_same_mode
     assert (a / "log/metrics.json").read_text() == (b / "log/metrics.json").read_text()
 
 
+def test_a_failing_run_still_closes_its_batch_source(tmp_path, monkeypatch):
+    """The streamed source's DataLoader workers persist through the run: train() stops them even when
+    an epoch fails."""
+    import mstagger.train as train_module
+
+    closed = []
+    monkeypatch.setattr(StreamSource, "close", lambda self: closed.append(self))
+
+    def failing_epochs(*args):
+        raise RuntimeError("an epoch failed")
+
+    monkeypatch.setattr(train_module, "epoch_loop", failing_epochs)
+    with pytest.raises(RuntimeError, match="an epoch failed"):
+        run(tmp_path, "fails", tiny_train_data(), data_on_device=False, num_workers=0)
+    assert len(closed) == 1
+
+
 def test_the_bundle_loads_alone_and_predicts(tmp_path):
     data = tiny_train_data()
     summary, out = run(tmp_path, "a", data)

@@ -429,16 +429,19 @@ def train(
     if world.main:  # fail now, not after an epoch, when the outputs cannot be written
         check_outputs(model_path, log_dir, checkpoint_path)
     run = start_run(data, params, device, world)
-    resume(run, checkpoint_path, log_dir)
-    live = None
-    if world.main:
-        log_start(run)
-        live = Live(str(log_dir), dvcyaml=None, report=None, save_dvc_exp=False, resume=run.start > 1)
-        live.step = run.start - 1  # dvclive's own resume mis-counts after the first step
-        mark(log_dir, "train")
-    with timed() as elapsed:
-        epoch_loop(run, live, checkpoint_path, log_dir)
-        seconds = elapsed()
+    try:
+        resume(run, checkpoint_path, log_dir)
+        live = None
+        if world.main:
+            log_start(run)
+            live = Live(str(log_dir), dvcyaml=None, report=None, save_dvc_exp=False, resume=run.start > 1)
+            live.step = run.start - 1  # dvclive's own resume mis-counts after the first step
+            mark(log_dir, "train")
+        with timed() as elapsed:
+            epoch_loop(run, live, checkpoint_path, log_dir)
+            seconds = elapsed()
+    finally:
+        run.source.close()  # the streamed path's DataLoader workers persist until now, also after a failure
     summary: dict[str, Any] = {}
     if world.main:
         live.summary["best"] = run.selection.best

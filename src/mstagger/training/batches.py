@@ -8,7 +8,11 @@ sources deliver them, the same batches in the same order, so the choice never ch
   step slices them on the device (no DataLoader, no host copy and no wait on the GPU per step);
 - :class:`StreamSource`: batches are read from the memory-mapped ``mel.npy`` by a DataLoader (worker
   processes when ``num_workers`` > 0) into pinned memory and copied to the device asynchronously, so
-  host memory stays flat however large the dataset.
+  host memory stays flat however large the dataset. One DataLoader serves the whole run: its worker
+  processes persist from epoch to epoch (no start-up per epoch), its sampler is handed each epoch's
+  batches, and :meth:`StreamSource.close` stops the workers at the end.
+
+Both have ``close()``, so a caller ends a run the same way whichever source it holds.
 """
 
 from __future__ import annotations
@@ -126,12 +130,16 @@ class DeviceSource:
         """What :func:`~mstagger.inference.tagger.predict_logits` takes to score ``rows``: (array, rows)."""
         return self.mel, self.slot[rows]
 
+    def close(self) -> None:
+        """Nothing to stop: no worker process, no thread (the same call as :meth:`StreamSource.close`)."""
+
 
 class _BatchDataset(torch.utils.data.Dataset):
-    """Item ``i`` is batch ``i``: (mels float16 (B, M, T), labels float32 (B, n_tags))."""
+    """Item ``rows`` (an array of rows of ``mel``) is that batch: (mels float16 (B, M, T), labels
+    float32 (B, n_tags))."""
 
-    def __init__(self, mel: np.ndarray, labels: np.ndarray, batches: list[np.ndarray]) -> None:
-        self.mel, self.labels, self.batches = mel, labels, batches
+    def __init__(self, mel: np.ndarray, labels: np.ndarray) -> None:
+        self.mel, self.labels = mel, labels
 
     def __getstate__(self) -> dict:
         # Workers started by spawn/forkserver get this object pickled: send the memmap's path, not
@@ -146,17 +154,34 @@ class _BatchDataset(torch.utils.data.Dataset):
             state["mel"] = np.load(state["mel"], mmap_mode="r")
         self.__dict__.update(state)
 
-    def __len__(self) -> int:
-        return len(self.batches)
-
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        rows = self.batches[i]
+    def __getitem__(self, rows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         mels = torch.from_numpy(np.ascontiguousarray(self.mel[rows], dtype=np.float16))
         return mels, torch.from_numpy(self.labels[rows].astype(np.float32))
 
 
+class _EpochSampler(torch.utils.data.Sampler):
+    """The DataLoader's items: the row arrays of the current epoch's batches, set before each epoch.
+
+    Each ``iter()`` (a DataLoader's new epoch) walks the list set last; the DataLoader passes every
+    array to ``_BatchDataset[rows]`` (``batch_size=None``: no collation).
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.batches: list[np.ndarray] = []
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        return iter(self.batches)
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+
 class StreamSource:
     """Batches read from the memory map as they are needed, through pinned memory to the device.
+
+    One DataLoader for the whole run: with ``num_workers`` > 0 its worker processes start with the
+    first epoch and persist until :meth:`close` (call it when the run ends, also on failure).
 
     Args:
         mel: the memory map of ``mel.npy``.
@@ -167,23 +192,48 @@ class StreamSource:
 
     def __init__(self, mel: np.ndarray, labels: np.ndarray, device: torch.device, num_workers: int) -> None:
         self.mel, self.labels, self.device, self.num_workers = mel, labels, device, num_workers
-
-    def batches(self, batches: list[np.ndarray]) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """(mels float16 (B, M, T), targets float32 (B, n_tags)) per batch, on the device."""
-        loader = torch.utils.data.DataLoader(
-            _BatchDataset(self.mel, self.labels, batches),
+        self._sampler = _EpochSampler()
+        self._epoch = 0  # batches() iterations begun (and close() calls): a superseded one stops
+        self._loader = torch.utils.data.DataLoader(
+            _BatchDataset(mel, labels),
             batch_size=None,
-            shuffle=False,
-            num_workers=self.num_workers,
-            pin_memory=self.device.type == "cuda",
-            prefetch_factor=4 if self.num_workers else None,
-            # Its own generator: a DataLoader otherwise draws a seed from the global RNG each epoch,
-            # which would shift the dropout masks and make this path differ from DeviceSource.
+            sampler=self._sampler,
+            num_workers=num_workers,
+            persistent_workers=num_workers > 0,
+            pin_memory=device.type == "cuda",
+            prefetch_factor=4 if num_workers else None,
+            # Its own generator: a DataLoader otherwise draws a seed from the global RNG, which would
+            # shift the dropout masks and make this path differ from DeviceSource.
             generator=torch.Generator(),
         )
-        for mels, target in loader:
+
+    def batches(self, batches: list[np.ndarray]) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """(mels float16 (B, M, T), targets float32 (B, n_tags)) per batch, on the device.
+
+        One epoch at a time: an iteration left part-way is abandoned when the next one begins (the
+        persistent workers discard what they had prefetched for it), and resuming it then raises.
+        """
+        if not batches:
+            return
+        self._epoch += 1
+        epoch = self._epoch
+        self._sampler.batches = list(batches)
+        items = iter(self._loader)  # with persistent workers: the same workers, reset to this list
+        for _ in range(len(batches)):
+            if self._epoch != epoch:
+                raise RuntimeError("StreamSource.batches: a later epoch or close() took over the DataLoader")
+            mels, target = next(items)
             yield mels.to(self.device, non_blocking=True), target.to(self.device, non_blocking=True)
 
     def for_inference(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """What :func:`~mstagger.inference.tagger.predict_logits` takes to score ``rows``: (array, rows)."""
         return self.mel, rows
+
+    def close(self) -> None:
+        """Stop the worker processes and the pinning thread, now; a later :meth:`batches` starts new ones."""
+        self._epoch += 1
+        # The DataLoader keeps its persistent iterator (workers, queues, thread) in ``_iterator`` and
+        # stops them only when it is garbage-collected; shut them down explicitly.
+        iterator, self._loader._iterator = self._loader._iterator, None
+        if iterator is not None:
+            iterator._shutdown_workers()
