@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -222,6 +223,7 @@ def main() -> None:
     out = args.out or RESULTS / f"step-profile-{device.type}.json"
     report = {
         "benchmark": "step_profile",
+        "command": " ".join(["python", "bench/step_profile.py", *sys.argv[1:]]),
         "device": str(device),
         "device_name": name,
         "machine": machine(),

@@ -344,6 +344,8 @@ def test_info_prints_what_the_bundle_knows(tmp_path, capsys, monkeypatch):
         info["test"]["roc_auc"] == 0.88 and info["thresholds"] == [0.25, 0.5, 0.125] and info["tags"] == TAGS
     )
     assert info["dataset"] == "demo" and info["split"] == "folder" and info["best_epoch"] == 18
+    digest = load_bundle(model).weights_sha256  # the numbers' digest, as train.json records it
+    assert info["weights_sha256"] == digest and len(digest) == 64
     assert cli_main(["info", "models/model.pt"]) == 0
     assert (
         "test scores    ROC-AUC 0.8800, PR-AUC 0.7000, F1 micro 0.6000, macro 0.5000"
@@ -351,7 +353,9 @@ def test_info_prints_what_the_bundle_knows(tmp_path, capsys, monkeypatch):
     )
     make_bundle(model, [0.3, 0.3, 0.3], params, training)  # retrained since: those scores are not its own
     assert cli_main(["info", "models/model.pt"]) == 0
-    assert "test scores    unknown: " in capsys.readouterr().out
+    out = capsys.readouterr().out
+    # the same weights (seed 0) with other thresholds: the file differs, the weights digest does not
+    assert "test scores    unknown: " in out and f"weights        sha256 {digest}" in out
     assert cli_main(["info", "nowhere.pt"]) == 2
     assert "not found" in capsys.readouterr().err
 
