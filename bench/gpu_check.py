@@ -237,12 +237,12 @@ def micro(a: argparse.Namespace) -> None:
     import torch
 
     from mstagger.core.runtime import resolve_device
-    from mstagger.inference.tagger import autocast, predict_logits
+    from mstagger.inference.tagger import predict_logits
     from mstagger.params import load_params
     from mstagger.train import TrainData, build_tagger, make_optimizer, prepare_device
     from mstagger.training.batches import DeviceSource, epoch_batches
     from mstagger.training.distributed import World
-    from mstagger.training.epoch import recalibrate_batchnorm, train_epoch
+    from mstagger.training.epoch import recalibrate_batchnorm, train_epoch, train_step
 
     device = resolve_device(a.device, source="--device")
     cuda = device.type == "cuda"
@@ -322,12 +322,7 @@ def micro(a: argparse.Namespace) -> None:
         )
 
         def step(mels, target, tagger=tagger, opt=opt, precision=precision):
-            with autocast(device, precision):
-                logits = tagger(mels)
-            loss = torch.nn.functional.binary_cross_entropy_with_logits(logits.float(), target)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+            train_step(tagger, opt, mels, target, precision, device)
 
         row["gpu_ms_per_step"], row["host_ms_per_step"] = gpu_and_host_ms(
             step, list(src.batches(batches[:5]))

@@ -35,7 +35,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch import nn
 from torch.profiler import ProfilerActivity, profile
 
 from common import cpu_model, machine, write_results  # bench/ is on sys.path when this file runs
@@ -44,6 +43,7 @@ from mstagger.inference.tagger import autocast
 from mstagger.params import load_params
 from mstagger.train import TrainData, build_tagger, make_optimizer, prepare_device, set_cpu_threads
 from mstagger.training.distributed import World
+from mstagger.training.epoch import train_step
 
 RESULTS = Path(__file__).resolve().parent / "results"
 REPO = Path(__file__).resolve().parents[1]
@@ -121,12 +121,7 @@ def run_variant(
     precision = params.precision
 
     def step() -> None:
-        with autocast(device, precision):
-            logits = model(mels)
-        loss = nn.functional.binary_cross_entropy_with_logits(logits.float(), target)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        train_step(model, optimizer, mels, target, precision, device)  # the stage's step
 
     @torch.no_grad()
     def evaluate() -> None:

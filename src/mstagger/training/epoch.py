@@ -52,6 +52,27 @@ def step_model(model: nn.Module, mode: str, batch: int) -> nn.Module | OneShape:
     return OneShape(model, torch.compile(model, mode=mode), batch)
 
 
+def train_step(
+    model: nn.Module | OneShape,
+    optimizer: torch.optim.Optimizer,
+    mels: torch.Tensor,
+    target: torch.Tensor,
+    precision: str,
+    device: torch.device,
+) -> torch.Tensor:
+    """One optimisation step on a batch; its loss, detached and left on the device (no read-back).
+
+    Binary cross-entropy on the logits, computed in float32 whatever the autocast precision.
+    """
+    with autocast(device, precision):
+        logits = model(mels)
+    loss = nn.functional.binary_cross_entropy_with_logits(logits.float(), target)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return loss.detach()
+
+
 def train_epoch(
     model: nn.Module | OneShape,
     optimizer: torch.optim.Optimizer,
@@ -79,13 +100,7 @@ def train_epoch(
         batches, total=n_batches, desc=desc, unit="batch", leave=False, disable=None if world.main else True
     )
     for step, (mels, target) in enumerate(bar, start=1):
-        with autocast(device, precision):
-            logits = model(mels)
-        loss = nn.functional.binary_cross_entropy_with_logits(logits.float(), target)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        loss = loss.detach()
+        loss = train_step(model, optimizer, mels, target, precision, device)
         loss_sum += loss.double() * len(target)
         clips += len(target)
         new_bad = (first_bad < 0) & ~torch.isfinite(loss)
