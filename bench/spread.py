@@ -13,7 +13,8 @@ with ``params.yaml`` changed as the setting says and the environment variables i
 
 Prints a table and writes ``bench/results/spread-<device>.json``: per setting the test ROC-AUC,
 PR-AUC and interval, the kept epoch (``selection_tolerance``), its validation ROC-AUC and the epoch
-the paper's rule (the best validation ROC-AUC) would keep; then the spread of the seeds.
+the paper's rule (the best validation ROC-AUC) would keep, the git revision; then the spread of the
+seeds. ``--only`` re-runs some settings and keeps the others' earlier results in the file.
 Usage: ``python bench/spread.py [--only bf16,fp32] [--work /tmp/spread]``. About 2 minutes a setting
 on a quiet 2-core CPU.
 """
@@ -32,6 +33,7 @@ from pathlib import Path
 import yaml
 
 from common import machine, write_results  # bench/ is on sys.path when this file runs
+from mstagger.core.runtime import git_revision
 
 ROOT = Path(__file__).resolve().parents[1]
 SETTINGS: dict[str, tuple[dict[str, str], dict[str, object]]] = {
@@ -82,7 +84,19 @@ def run_setting(name: str, work: Path, base: dict) -> dict:
         "val_roc_auc": round(train["val_roc_auc"], 6),
         "argmax_epoch": argmax_epoch(run / base["paths"]["train_log"]),  # the paper's rule's choice
         "seconds": round(time.perf_counter() - start, 1),
+        "git_rev": git_revision(ROOT),
     }
+
+
+def kept_results(out: Path, new: list[dict]) -> list[dict]:
+    """``new``, and the results in ``out`` of the settings not run this time (``--only``), in
+    :data:`SETTINGS` order: re-running some settings never drops the others (CI's bound reads them).
+    Each result records the git revision it was measured at."""
+    ran = {r["setting"] for r in new}
+    old = json.loads(out.read_text())["results"] if out.is_file() else []
+    merged = {r["setting"]: r for r in old if r["setting"] not in ran and r["setting"] in SETTINGS}
+    merged.update({r["setting"]: r for r in new})
+    return [merged[name] for name in SETTINGS if name in merged]
 
 
 def main() -> None:
@@ -113,6 +127,11 @@ def main() -> None:
             f"{r['best_epoch']:>7}{r['val_roc_auc']:>9.4f}{r['argmax_epoch']:>7}{r['seconds']:>7.0f}",
             flush=True,
         )
+    same = [r for r in results if r["setting"] == "bf16"]
+    if same:
+        print(f"bf16 again == committed metrics/test.json: {same[0]['roc_auc'] == committed['roc_auc']}")
+    out = ROOT / "bench" / "results" / "spread-cpu.json"
+    results = kept_results(out, results)
     seeds = [r["roc_auc"] for r in results if r["setting"].startswith("seed")]
     spread = None
     if len(seeds) >= 2:
@@ -125,10 +144,6 @@ def main() -> None:
         }
         mean, std, low, high = (spread[k] for k in ("mean", "std", "min", "max"))
         print(f"seeds: ROC-AUC mean {mean:.4f}, std {std:.4f}, min {low:.4f}, max {high:.4f}")
-    same = [r for r in results if r["setting"] == "bf16"]
-    if same:
-        print(f"bf16 again == committed metrics/test.json: {same[0]['roc_auc'] == committed['roc_auc']}")
-    out = ROOT / "bench" / "results" / "spread-cpu.json"
     doc = {
         "benchmark": "spread",
         "machine": machine(),
