@@ -53,7 +53,7 @@ def argmax_epoch(train_log: Path) -> int:
     return values.index(max(values)) + 1
 
 
-def run_setting(name: str, work: Path, base: dict) -> dict:
+def run_setting(name: str, work: Path, base: dict, revision: str) -> dict:
     """Train and evaluate under one setting in ``work/name``; its scores and seconds."""
     env_over, params_over = SETTINGS[name]
     run = work / name
@@ -84,7 +84,7 @@ def run_setting(name: str, work: Path, base: dict) -> dict:
         "val_roc_auc": round(train["val_roc_auc"], 6),
         "argmax_epoch": argmax_epoch(run / base["paths"]["train_log"]),  # the paper's rule's choice
         "seconds": round(time.perf_counter() - start, 1),
-        "git_rev": git_revision(ROOT),
+        "git_rev": revision,
     }
 
 
@@ -110,7 +110,7 @@ def main() -> None:
         parser.error(f"--only: unknown settings {unknown}; known: {', '.join(SETTINGS)}")
     base = yaml.safe_load((ROOT / "params.yaml").read_text())
     committed = json.loads((ROOT / base["paths"]["metrics"] / "test.json").read_text())
-    results = []
+    results, revision = [], git_revision(ROOT)  # the code every setting of this run runs
     header = ("setting", "ROC-AUC", "PR-AUC", "interval", "epoch", "val ROC", "argmax", "s")
     print(
         "".join(
@@ -119,7 +119,7 @@ def main() -> None:
         )
     )
     for name in names:
-        r = run_setting(name, args.work, base)
+        r = run_setting(name, args.work, base, revision)
         results.append(r)
         ci = r["roc_auc_ci"] or [float("nan")] * 2
         print(
