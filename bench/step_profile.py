@@ -21,7 +21,9 @@ eager step; a compiled step's time is reported whole.
 
     PYTHONPATH=src python bench/step_profile.py [--device auto] [--variants stage nchw compiled] [--out F]
 
-Writes ``bench/results/step-profile-<cpu|cuda>.json`` (or ``--out``).
+Writes ``bench/results/step-profile-<cpu|cuda>.json`` (or ``--out``) after each variant. A variant
+other than ``stage`` that fails (a compiler, CUDA graphs) is recorded under ``failed`` and the others
+still run; the exit status is then 1.
 """
 
 from __future__ import annotations
@@ -208,8 +210,7 @@ def main() -> None:
     args = parser.parse_args()
     device = resolve_device(args.device, source="--device")
     names = args.variants or ["stage", "nchw", "compiled"] + (["graphs"] if device.type == "cuda" else [])
-    if "stage" not in names:
-        names = ["stage", *names]  # the reference every other variant is held against
+    names = ["stage", *(n for n in names if n != "stage")]  # first: the reference the others are held against
     prepare_device(device)
     set_cpu_threads(device, load_params(REPO / "params.yaml").cpu_threads)  # as the stage
     data = features(args.batch, args.mels, args.frames)
@@ -230,13 +231,26 @@ def main() -> None:
         "rows": [],
     }
     rows: dict[str, dict] = {}
+    failed: dict[str, str] = {}
     for variant in names:  # written after each variant: a run cut short keeps what it measured
-        rows[variant] = run_variant(variant, data, device, args.batch, args.steps, args.repeats)
-        report["rows"], report["candidates"] = list(rows.values()), bounds(rows)
+        try:
+            rows[variant] = run_variant(variant, data, device, args.batch, args.steps, args.repeats)
+        except Exception as err:  # a compiler or CUDA graphs failing must not cost the other figures
+            if variant == "stage":
+                raise  # the reference itself: nothing to hold the others against
+            failed[variant] = f"{type(err).__name__}: {(str(err).splitlines() or [''])[0]}"
+            print(f"{variant:9s} FAILED: {failed[variant]}", flush=True)
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+        report.update(rows=list(rows.values()), failed=failed, candidates=bounds(rows))
         write_results(out, report)
     for key, value in report["candidates"].items():
         print(f"  {key}: {value}")
     print(f"wrote {out}")
+    if failed:
+        raise SystemExit(
+            f"step_profile: variant(s) failed: {', '.join(failed)} (the others' figures are in {out})"
+        )
 
 
 if __name__ == "__main__":
