@@ -345,59 +345,6 @@ def main() -> None:
     peak = bf16_peak(name) if device.type == "cuda" else None
     flops = flops_per_clip(args.mels, args.frames)
     epoch_flops = args.train_clips * flops["train_step"] + args.valid_clips * flops["forward"]
-    rows = []
-    with tempfile.TemporaryDirectory(dir=REPO / "bench") as tmp:
-        data = make_features(Path(tmp), args.train_clips, args.valid_clips, args.mels, args.frames)
-        for number, variant in enumerate(VARIANTS):
-            if (args.only and number not in args.only) or (variant.cuda_only and device.type != "cuda"):
-                continue
-            if device.type == "cuda":
-                torch.cuda.empty_cache()
-                torch.cuda.reset_peak_memory_stats(device)
-            with PeakMemory() as memory:
-                if variant.seed_loop:
-                    loop = SeedLoop(data, device)
-                else:
-                    loop = OurLoop(data, variant, device, workers)
-                try:
-                    row = {
-                        "variant": variant.name,
-                        **measure(loop, device, whole_epochs, args.steps, args.valid_batches),
-                    }
-                finally:
-                    if isinstance(loop, OurLoop):
-                        loop.source.close()  # a streamed DataLoader's workers persist until closed
-                del loop
-                gc.collect()  # the seed loop's host copy of the features lives in reference cycles
-            row["clips_per_s"] = args.train_clips / row["s_per_epoch"]
-            row["tflops_per_s"] = epoch_flops / row["s_per_epoch"] / 1e12
-            row["share_of_bf16_peak"] = row["tflops_per_s"] / peak if peak else None
-            row["peak_host_gib"] = memory.peak / 2**30
-            row["peak_device_gib"] = torch.cuda.max_memory_allocated(device) / 2**30 if whole_epochs else None
-            rows.append(row)
-            print(f"{row['variant']:55s} {row['s_per_epoch']:9.1f} s/epoch", flush=True)
-    seed = rows[0] if rows and VARIANTS[0].name == rows[0]["variant"] else None
-    for row in rows:
-        row["speedup_vs_seed_loop"] = seed["s_per_epoch"] / row["s_per_epoch"] if seed else None
-        if seed and row["s_per_step"]:
-            row["step_speedup_vs_seed_loop"] = seed["s_per_step"] / row["s_per_step"]
-    print(f"\ndevice: {device} ({name}), torch {torch.__version__}, {os.cpu_count()} CPUs, batch {BATCH}")
-    print(
-        f"FLOPs per clip (PyTorch's counter): {flops['forward'] / 1e9:.3f} G forward, "
-        f"{flops['train_step'] / 1e9:.3f} G forward + backward; an epoch with validation "
-        f"{epoch_flops / 1e12:.1f} TFLOP; bf16 peak {f'{peak:.0f} TFLOP/s' if peak else 'n/a'}"
-    )
-    print(
-        f"{'variant':55s} {'s/epoch':>8s} {'warm-up':>8s} {'40 ep. s':>9s} {'+warm-up':>9s} "
-        f"{'TFLOP/s':>8s} {'% peak':>7s} {'host GiB':>8s} {'x seed':>7s}"
-    )
-    for r in rows:
-        share = f"{100 * r['share_of_bf16_peak']:6.2f}%" if r["share_of_bf16_peak"] else "    n/a"
-        print(
-            f"{r['variant']:55s} {r['s_per_epoch']:8.1f} {r['warmup_s']:8.1f} {r['recipe_40_epochs_s']:9.0f} "
-            f"{r['recipe_40_epochs_with_warmup_s']:9.0f} {r['tflops_per_s']:8.3f} {share} "
-            f"{r['peak_host_gib']:8.2f} {r['speedup_vs_seed_loop'] or 0:6.2f}x"
-        )
     out = args.out or RESULTS / f"train-{device.type}.json"
     report = {
         "benchmark": "train",
@@ -416,10 +363,84 @@ def main() -> None:
         "flops_per_clip": flops,
         "flops_per_epoch": epoch_flops,
         "bf16_peak_tflops": peak,
-        "rows": rows,
+        "rows": [],
+        "failed": {},
     }
+    rows, failed = report["rows"], report["failed"]
+    with tempfile.TemporaryDirectory(dir=REPO / "bench") as tmp:
+        data = make_features(Path(tmp), args.train_clips, args.valid_clips, args.mels, args.frames)
+        for number, variant in enumerate(VARIANTS):
+            if (args.only and number not in args.only) or (variant.cuda_only and device.type != "cuda"):
+                continue
+            try:
+                row = run_variant(variant, data, device, workers, whole_epochs, args)
+            except Exception as err:  # one variant failing (a compiler, workers) must not cost the others
+                failed[variant.name] = f"{type(err).__name__}: {(str(err).splitlines() or [''])[0]}"
+                print(f"{variant.name:55s} FAILED: {failed[variant.name]}", flush=True)
+                continue
+            finally:
+                gc.collect()  # the seed loop's host copy of the features lives in reference cycles
+            row["clips_per_s"] = args.train_clips / row["s_per_epoch"]
+            row["tflops_per_s"] = epoch_flops / row["s_per_epoch"] / 1e12
+            row["share_of_bf16_peak"] = row["tflops_per_s"] / peak if peak else None
+            rows.append(row)
+            print(f"{row['variant']:55s} {row['s_per_epoch']:9.1f} s/epoch", flush=True)
+            add_speedups(rows)
+            write_results(out, report)  # after each variant: a run cut short keeps what it measured
     write_results(out, report)
+    print(f"\ndevice: {device} ({name}), torch {torch.__version__}, {os.cpu_count()} CPUs, batch {BATCH}")
+    print(
+        f"FLOPs per clip (PyTorch's counter): {flops['forward'] / 1e9:.3f} G forward, "
+        f"{flops['train_step'] / 1e9:.3f} G forward + backward; an epoch with validation "
+        f"{epoch_flops / 1e12:.1f} TFLOP; bf16 peak {f'{peak:.0f} TFLOP/s' if peak else 'n/a'}"
+    )
+    print(
+        f"{'variant':55s} {'s/epoch':>8s} {'warm-up':>8s} {'40 ep. s':>9s} {'+warm-up':>9s} "
+        f"{'TFLOP/s':>8s} {'% peak':>7s} {'host GiB':>8s} {'x seed':>7s}"
+    )
+    for r in rows:
+        share = f"{100 * r['share_of_bf16_peak']:6.2f}%" if r["share_of_bf16_peak"] else "    n/a"
+        print(
+            f"{r['variant']:55s} {r['s_per_epoch']:8.1f} {r['warmup_s']:8.1f} {r['recipe_40_epochs_s']:9.0f} "
+            f"{r['recipe_40_epochs_with_warmup_s']:9.0f} {r['tflops_per_s']:8.3f} {share} "
+            f"{r['peak_host_gib']:8.2f} {r['speedup_vs_seed_loop'] or 0:6.2f}x"
+        )
     print(f"wrote {out}")
+    if failed:
+        raise SystemExit(
+            f"bench_train: variant(s) failed: {'; '.join(failed)} (the others' figures are in {out})"
+        )
+
+
+def run_variant(
+    variant: Variant, data: TrainData, device: torch.device, workers: int, whole_epochs: int, args
+) -> dict:
+    """One variant's timings (:func:`measure`) with its peak host and device memory."""
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+    with PeakMemory() as memory:
+        loop = SeedLoop(data, device) if variant.seed_loop else OurLoop(data, variant, device, workers)
+        try:
+            row = {
+                "variant": variant.name,
+                **measure(loop, device, whole_epochs, args.steps, args.valid_batches),
+            }
+        finally:
+            if isinstance(loop, OurLoop):
+                loop.source.close()  # a streamed DataLoader's workers persist until closed
+    row["peak_host_gib"] = memory.peak / 2**30
+    row["peak_device_gib"] = torch.cuda.max_memory_allocated(device) / 2**30 if whole_epochs else None
+    return row
+
+
+def add_speedups(rows: list[dict]) -> None:
+    """Each row's ratio to the seed loop, when the seed loop ran (first)."""
+    seed = rows[0] if rows and VARIANTS[0].name == rows[0]["variant"] else None
+    for row in rows:
+        row["speedup_vs_seed_loop"] = seed["s_per_epoch"] / row["s_per_epoch"] if seed else None
+        if seed and row["s_per_step"]:
+            row["step_speedup_vs_seed_loop"] = seed["s_per_step"] / row["s_per_step"]
 
 
 if __name__ == "__main__":
