@@ -45,7 +45,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from common import cpu_model, machine, write_results  # bench/ is on sys.path when this file runs
+from common import cpu_model, failure, machine, write_results  # bench/ is on sys.path when this file runs
 from mstagger.core.runtime import resolve_device
 from mstagger.evaluation.scores import macro_scores
 from mstagger.model import MultiScaleCNN
@@ -375,19 +375,18 @@ def main() -> None:
             try:
                 row = run_variant(variant, data, device, workers, whole_epochs, args)
             except Exception as err:  # one variant failing (a compiler, workers) must not cost the others
-                failed[variant.name] = f"{type(err).__name__}: {(str(err).splitlines() or [''])[0]}"
+                failed[variant.name] = failure(err)
                 print(f"{variant.name:55s} FAILED: {failed[variant.name]}", flush=True)
-                continue
+            else:
+                row["clips_per_s"] = args.train_clips / row["s_per_epoch"]
+                row["tflops_per_s"] = epoch_flops / row["s_per_epoch"] / 1e12
+                row["share_of_bf16_peak"] = row["tflops_per_s"] / peak if peak else None
+                rows.append(row)
+                print(f"{row['variant']:55s} {row['s_per_epoch']:9.1f} s/epoch", flush=True)
+                add_speedups(rows)
             finally:
                 gc.collect()  # the seed loop's host copy of the features lives in reference cycles
-            row["clips_per_s"] = args.train_clips / row["s_per_epoch"]
-            row["tflops_per_s"] = epoch_flops / row["s_per_epoch"] / 1e12
-            row["share_of_bf16_peak"] = row["tflops_per_s"] / peak if peak else None
-            rows.append(row)
-            print(f"{row['variant']:55s} {row['s_per_epoch']:9.1f} s/epoch", flush=True)
-            add_speedups(rows)
             write_results(out, report)  # after each variant: a run cut short keeps what it measured
-    write_results(out, report)
     print(f"\ndevice: {device} ({name}), torch {torch.__version__}, {os.cpu_count()} CPUs, batch {BATCH}")
     print(
         f"FLOPs per clip (PyTorch's counter): {flops['forward'] / 1e9:.3f} G forward, "

@@ -37,3 +37,8 @@ def write_results(path: str | Path, doc: dict[str, Any]) -> None:
     """Write a benchmark's figures as JSON, atomically (a killed run leaves the previous file)."""
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     write_json(path, doc)
+
+
+def failure(err: BaseException) -> str:
+    """One line for a results file: the exception's type and the first line of its message."""
+    return f"{type(err).__name__}: {(str(err).splitlines() or [''])[0]}"

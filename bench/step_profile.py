@@ -39,10 +39,10 @@ import numpy as np
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from common import cpu_model, machine, write_results  # bench/ is on sys.path when this file runs
+from common import cpu_model, failure, machine, write_results  # bench/ is on sys.path when this file runs
 from mstagger.core.runtime import resolve_device
 from mstagger.inference.tagger import autocast
-from mstagger.params import load_params
+from mstagger.params import Params, load_params
 from mstagger.train import TrainData, build_tagger, make_optimizer, prepare_device, set_cpu_threads
 from mstagger.training.distributed import World
 from mstagger.training.epoch import train_step
@@ -91,14 +91,10 @@ def kind_ms(prof: profile, device: torch.device, n_steps: int) -> dict[str, floa
     cuda = device.type == "cuda"
 
     def inclusive(e) -> float:
-        return (
-            getattr(e, "device_time_total", getattr(e, "cuda_time_total", 0.0)) if cuda else e.cpu_time_total
-        )
+        return e.device_time_total if cuda else e.cpu_time_total
 
     def own(e) -> float:
-        if cuda:
-            return getattr(e, "self_device_time_total", getattr(e, "self_cuda_time_total", 0.0))
-        return e.self_cpu_time_total
+        return e.self_device_time_total if cuda else e.self_cpu_time_total
 
     events = prof.key_averages()
     by_name = {e.key: inclusive(e) for e in events}
@@ -110,11 +106,11 @@ def kind_ms(prof: profile, device: torch.device, n_steps: int) -> dict[str, floa
 
 
 def run_variant(
-    name: str, data: TrainData, device: torch.device, batch: int, steps: int, repeats: int
+    name: str, data: TrainData, device: torch.device, base: Params, steps: int, repeats: int
 ) -> dict:
-    """Time and profile the training step and the eval batch of one variant."""
+    """Time and profile the training step and the eval batch of one variant (``base``: the params)."""
     layout, mode = VARIANTS[name]
-    params = replace(load_params(REPO / "params.yaml"), batch_size=batch, compile=mode)
+    params, batch = replace(base, compile=mode), base.batch_size
     tagger = build_tagger(data, params, device, World()).to(memory_format=layout)
     optimizer = make_optimizer(tagger, params, device)
     model = tagger if mode == "none" else torch.compile(tagger, mode=mode)
@@ -211,8 +207,9 @@ def main() -> None:
     device = resolve_device(args.device, source="--device")
     names = args.variants or ["stage", "nchw", "compiled"] + (["graphs"] if device.type == "cuda" else [])
     names = ["stage", *(n for n in names if n != "stage")]  # first: the reference the others are held against
+    params = replace(load_params(REPO / "params.yaml"), batch_size=args.batch)
     prepare_device(device)
-    set_cpu_threads(device, load_params(REPO / "params.yaml").cpu_threads)  # as the stage
+    set_cpu_threads(device, params.cpu_threads)  # as the stage
     data = features(args.batch, args.mels, args.frames)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_model() or "cpu"
     print(f"device: {device} ({name}), torch {torch.__version__}, {os.cpu_count()} CPUs, batch {args.batch}")
@@ -234,11 +231,11 @@ def main() -> None:
     failed: dict[str, str] = {}
     for variant in names:  # written after each variant: a run cut short keeps what it measured
         try:
-            rows[variant] = run_variant(variant, data, device, args.batch, args.steps, args.repeats)
+            rows[variant] = run_variant(variant, data, device, params, args.steps, args.repeats)
         except Exception as err:  # a compiler or CUDA graphs failing must not cost the other figures
             if variant == "stage":
                 raise  # the reference itself: nothing to hold the others against
-            failed[variant] = f"{type(err).__name__}: {(str(err).splitlines() or [''])[0]}"
+            failed[variant] = failure(err)
             print(f"{variant:9s} FAILED: {failed[variant]}", flush=True)
         if device.type == "cuda":
             torch.cuda.empty_cache()

@@ -98,6 +98,17 @@ def watch(proc: psutil.Popen, family: set[psutil.Process]) -> None:
 # --- the output fails --------------------------------------------------------------------------
 
 
+def watch_until_rows(proc: psutil.Popen, table: Path, rows: int) -> set[psutil.Process]:
+    """Wait (at most TIMEOUT) until ``table`` holds its header and ``rows`` rows, watching the processes
+    of ``proc``; returns them (its family)."""
+    family: set[psutil.Process] = set()
+    end = time.monotonic() + TIMEOUT
+    while time.monotonic() < end and not (table.exists() and len(table.read_bytes().splitlines()) > rows):
+        watch(proc, family)
+        time.sleep(0.01)
+    return family
+
+
 def test_a_reader_that_goes_away_ends_predict_with_one_line(full_size_bundle, library):
     """`mstagger predict LIB --top 1 | head -2` ended never: workers blocked on a full queue pipe."""
     proc = psutil.Popen(
@@ -162,11 +173,7 @@ def test_ctrl_c_stops_predict_at_once_without_a_traceback(full_size_bundle, libr
         stderr=subprocess.PIPE,
         start_new_session=True,  # its own process group, as a terminal's foreground job
     )
-    family: set[psutil.Process] = set()
-    end = time.monotonic() + TIMEOUT
-    while time.monotonic() < end and not (table.exists() and len(table.read_bytes().splitlines()) > 3):
-        watch(proc, family)
-        time.sleep(0.01)
+    family = watch_until_rows(proc, table, 3)
     os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C does: every process of the group gets it
     ends_with_its_processes(proc, family)
     err = proc.stderr.read().decode()
@@ -183,11 +190,7 @@ def test_a_second_writer_of_the_same_table_is_refused(bundle, library, tmp_path)
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    family: set[psutil.Process] = set()
-    end = time.monotonic() + TIMEOUT
-    while time.monotonic() < end and not (table.exists() and len(table.read_bytes().splitlines()) > 1):
-        watch(first, family)
-        time.sleep(0.01)
+    family = watch_until_rows(first, table, 1)
     first.suspend()  # SIGSTOP: it stays in the middle of its run, holding the table, while the second starts
     try:
         second = subprocess.run(
